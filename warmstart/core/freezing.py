@@ -23,12 +23,13 @@ def select_groups(groups: Sequence[LayerGroup], selector: GroupSelector) -> list
     """Indices of ``groups`` picked by ``selector``.
 
     ``selector`` is ``"all"``, ``"all_but_head"``, ``None`` (nothing), an int index (negative counts from the
-    head), a group name, or a list of those.
+    head), a group name, a regex over group names (full match, used when no group has that exact name), or a
+    list of those.
 
     Example:
         >>> gs = [LayerGroup("stem", "stem"), LayerGroup("layer1", "body"), LayerGroup("head", "head")]
-        >>> select_groups(gs, "all_but_head"), select_groups(gs, [-1, "stem"])
-        ([0, 1], [0, 2])
+        >>> select_groups(gs, "all_but_head"), select_groups(gs, [-1, "stem"]), select_groups(gs, "layer[0-9]")
+        ([0, 1], [0, 2], [1])
     """
     if selector is None:
         return []
@@ -36,7 +37,13 @@ def select_groups(groups: Sequence[LayerGroup], selector: GroupSelector) -> list
         return list(range(len(groups)))
     if selector == "all_but_head":
         return [i for i, g in enumerate(groups) if g.role != "head"]
-    items = [selector] if isinstance(selector, int | str) else list(selector)
+    if isinstance(selector, int | str):
+        items = [selector]
+    elif isinstance(selector, Sequence):
+        items = list(selector)
+    else:
+        raise ValueError(f"group selector {selector!r} must be an int index, a group name or regex, or a list "
+                         "of those (or 'all', 'all_but_head')")
     names = group_names(groups)
     picked = set()
     for item in items:
@@ -48,9 +55,23 @@ def select_groups(groups: Sequence[LayerGroup], selector: GroupSelector) -> list
             picked.add(item % len(groups))
         elif item in names:
             picked.add(names.index(item))
+        elif item in ("all", "all_but_head"):
+            picked.update(select_groups(groups, item))
         else:
-            raise ValueError(f"unknown layer group {item!r}; valid groups are {names} (or 'all', 'all_but_head')")
+            hits = _regex_hits(names, item)
+            if not hits:
+                raise ValueError(f"unknown layer group {item!r} (no group has that name and, read as a regex, it "
+                                 f"matches none); valid groups are {names} (or 'all', 'all_but_head')")
+            picked.update(hits)
     return sorted(picked)
+
+
+def _regex_hits(names: Sequence[str], pattern: str) -> list[int]:
+    try:
+        rx = re.compile(pattern)
+    except re.error:
+        return []  # not a regex either: the caller reports it as an unknown group name
+    return [i for i, n in enumerate(names) if rx.fullmatch(n)]
 
 
 def _param_names(model: nn.Module, groups: Sequence[LayerGroup], selector: GroupSelector,
@@ -93,6 +114,9 @@ def freeze(model: nn.Module, groups: GroupSelector = "all_but_head", *, pattern:
     for n, p in model.named_parameters():
         if n in names:
             p.requires_grad_(False)
+            # A stale (zero, not None) grad would let Adam-style optimizers keep moving the "frozen" weight
+            # with their momentum; None makes every torch optimizer skip it.
+            p.grad = None
     _apply_bn_policy(model, bn)
     return [n for n, _ in model.named_parameters() if n in names]
 
@@ -168,10 +192,23 @@ def _release(bn: nn.Module, mode: bool) -> None:
         nn.Module.train(bn, mode)
 
 
+def _bn_params(model: nn.Module, name: str, bn: nn.Module) -> list[nn.Parameter]:
+    """The parameters that decide whether ``bn`` is frozen: its own, or for ``affine=False`` (no parameters)
+    those of the nearest enclosing module that has any (the conv block it normalises)."""
+    params = list(bn.parameters(recurse=False))
+    parts = name.split(".")
+    while not params and parts:
+        parts.pop()
+        params = list(model.get_submodule(".".join(parts)).parameters())
+    return params
+
+
 def _apply_bn_policy(model: nn.Module, policy: str) -> None:
     """BatchNorm whose affine parameters are all frozen follows ``policy``; trainable ones are released."""
-    for bn in _batchnorms(model):
-        params = list(bn.parameters(recurse=False))
+    for name, bn in model.named_modules():
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            continue
+        params = _bn_params(model, name, bn)
         frozen = bool(params) and all(not p.requires_grad for p in params)
         if frozen and policy == "eval":
             _pin_eval(bn)
@@ -268,6 +305,8 @@ class UnfreezeSchedule:
         """First epoch at which the schedule stops changing."""
         if self.at is not None:
             return max(self.at)
+        if (self.max_groups or self.num_groups) == 1:
+            return 0  # head only, from the start: nothing ever changes
         return self.head_epochs + ((self.max_groups or self.num_groups) - 2) * self.every
 
     def state_dict(self) -> dict:
@@ -276,6 +315,10 @@ class UnfreezeSchedule:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict`."""
+        unknown = set(state) - set(asdict(self))
+        if unknown:
+            raise ValueError(f"unknown UnfreezeSchedule state keys {sorted(unknown)}; valid keys are "
+                             f"{sorted(asdict(self))}")
         for key, value in state.items():
             setattr(self, key, value)
         self.__post_init__()
@@ -303,5 +346,7 @@ def apply_schedule(model: nn.Module, schedule: UnfreezeSchedule, epoch: int, *, 
     for i, g in enumerate(groups):
         for n in g.param_names:
             params[n].requires_grad_(i in trainable)
+            if i not in trainable:
+                params[n].grad = None  # see freeze(): a stale grad would keep Adam moving the weight
     _apply_bn_policy(model, bn)
     return trainable

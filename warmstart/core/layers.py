@@ -111,9 +111,15 @@ def _mro_names(module: nn.Module) -> set[str]:
     return {c.__name__ for c in type(module).__mro__}
 
 
+# Transparent wrappers and the attribute holding the real model: torch.compile, (Distributed)DataParallel.
+_WRAPPERS = {"OptimizedModule": "_orig_mod", "DistributedDataParallel": "module", "DataParallel": "module"}
+
+
 def _family(module: nn.Module) -> str:
     mod = type(module).__module__
     names = _mro_names(module)
+    if type(module).__name__ in _WRAPPERS and mod.startswith("torch."):
+        return "torch_wrapper"
     if "PeftModel" in names:
         return "peft_model"
     if "BaseTuner" in names:
@@ -133,11 +139,15 @@ def _family(module: nn.Module) -> str:
 
 def _plan(model: nn.Module, prefix: str) -> Plan:
     family = _family(model)
-    # Wrappers (peft, the Ultralytics YOLO object) keep their inner model's structure and group names.
+    # Wrappers (peft, the Ultralytics YOLO object, torch.compile, DDP) keep their inner model's group names.
+    # The inner plan is built unprefixed so a generic inner model's group names do not pick up the wrapper path.
+    if family == "torch_wrapper":
+        attr = _WRAPPERS[type(model).__name__]
+        return _prefixed(_plan(getattr(model, attr), ""), f"{prefix}{attr}.")
     if family == "peft_model":
-        return _plan(model.base_model, f"{prefix}base_model.")
+        return _prefixed(_plan(model.base_model, ""), f"{prefix}base_model.")
     if family in ("peft_tuner", "ultralytics_wrapper"):
-        return _plan(model.model, f"{prefix}model.")
+        return _prefixed(_plan(model.model, ""), f"{prefix}model.")
     if family == "ultralytics":
         return _prefixed(_ultralytics_plan(model), prefix)
     if family == "timm":
@@ -208,40 +218,63 @@ def _timm_plan(model: nn.Module) -> Plan:
     """Use the model's own ``group_matcher`` (its declared depth structure), at block granularity."""
     from timm.models import group_parameters  # timm is already imported: the model is a timm model
 
-    grouped = group_parameters(model, model.group_matcher(coarse=False))
+    try:
+        grouped = group_parameters(model, model.group_matcher(coarse=False))
+    except (NotImplementedError, AttributeError, TypeError):
+        return _generic_plan(model, "")  # a matcher some timm models declare but do not implement
     plan: Plan = []
-    ordered = list(grouped.values())
+    ordered = [list(names) for names in grouped.values()]
+    classifier = _timm_classifier_params(model)
     for i, names in enumerate(ordered):
-        modules = list(dict.fromkeys(n.rsplit(".", 1)[0] if "." in n else n for n in names))
-        if i == len(ordered) - 1 and len(ordered) > 1:
-            plan.append(("head", "head", list(names)))
+        if i == len(ordered) - 1 and len(ordered) > 1 and classifier & set(names):
+            plan.append(("head", "head", names))
         elif i == 0:
-            plan.append(("stem", "stem", list(names)))
+            plan.append(("stem", "stem", names))
         else:
-            plan.append((_group_label(modules), "body", list(names)))
+            others = [n for j, group in enumerate(ordered) if j != i for n in group]
+            plan.append((_group_label(names, others), "body", names))
     return plan
 
 
-def _group_label(modules: Sequence[str]) -> str:
-    """A readable name for a set of modules: their common prefix, or "a+b" when they share none."""
-    tops = sorted({m.split(".")[0] for m in modules}, key=lambda t: min(modules.index(m) for m in modules
-                                                                         if m.split(".")[0] == t))
-    return "+".join(_common_prefix([m for m in modules if m.split(".")[0] == t]) for t in tops)
+def _timm_classifier_params(model: nn.Module) -> set[str]:
+    """Names of the classifier's parameters: with ``num_classes=0`` there are none, and then the last group is
+    the last block (the head by position, but not to be *named* "head")."""
+    try:
+        clf = model.get_classifier()
+    except Exception:  # noqa: BLE001 - any failure just means "no known classifier"
+        return set()
+    modules = clf if isinstance(clf, tuple | list) else (clf,)
+    ids = {id(p) for m in modules if isinstance(m, nn.Module) for p in m.parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
-def _common_prefix(names: Sequence[str]) -> str:
-    parts = [n.split(".") for n in names]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return ".".join(common) or names[0]
+def _group_label(names: Sequence[str], others: Sequence[str]) -> str:
+    """The shortest module prefixes that hold exactly ``names``, joined by "+" (e.g. "blocks.11+norm").
+
+    A plain common prefix would mislabel groups that share a parent with other groups: timm's ConvNeXt puts
+    ``stages.1.downsample`` with ``stages.1.blocks.0``, and calling that group "stages.1" would make
+    ``freeze(model, "stages.1")`` look like it froze the whole stage.
+
+    Example:
+        >>> _group_label(["blocks.11.w", "norm.w"], ["blocks.10.w", "head.w"])
+        'blocks.11+norm'
+    """
+    taken = {".".join(parts[:k]) for parts in (n.split(".") for n in others) for k in range(1, len(parts) + 1)}
+    labels: dict[str, None] = {}
+    for name in names:
+        parts = name.split(".")
+        prefix = name
+        for k in range(1, len(parts) + 1):
+            if ".".join(parts[:k]) not in taken:
+                prefix = ".".join(parts[:k])
+                break
+        labels[prefix] = None
+    return "+".join(labels)
 
 
 def _hf_plan(model: nn.Module) -> Plan:
     """Embeddings, each transformer/conv stage, then everything after (pooler, final norm, classifier)."""
-    layers_prefix, count = _largest_layer_list(model)
+    layers_prefix = _largest_layer_list(model)
     if layers_prefix is None:
         return _generic_plan(model, "")
     order = [n for n, _ in model.named_parameters()]
@@ -257,21 +290,23 @@ def _hf_plan(model: nn.Module) -> Plan:
     plan: Plan = []
     if before:
         plan.append(("embeddings", "stem", before))
-    plan += [(f"{layers_prefix}.{i}", "body", [f"{layers_prefix}.{i}"]) for i in range(count)]
+    # Children by their real names (a Sequential may name them), so no layer silently falls into the head.
+    blocks = model.get_submodule(layers_prefix).named_children()
+    plan += [(f"{layers_prefix}.{n}", "body", [f"{layers_prefix}.{n}"]) for n, c in blocks if _has_params(c)]
     if after:
         plan.append(("head", "head", after))
     return plan
 
 
-def _largest_layer_list(model: nn.Module) -> tuple[str | None, int]:
-    best, best_size, best_len = None, 0, 0
+def _largest_layer_list(model: nn.Module) -> str | None:
+    best, best_size = None, 0
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList | nn.Sequential) and len(mod) >= 2 and name:
             size = sum(p.numel() for p in mod.parameters())
             # a list of repeated blocks holding most of the model is the depth axis
             if size > best_size:
-                best, best_size, best_len = name, size, len(mod)
-    return best, best_len
+                best, best_size = name, size
+    return best
 
 
 def _ultralytics_plan(model: nn.Module) -> Plan:

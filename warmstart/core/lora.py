@@ -113,8 +113,32 @@ def lora_config(model: nn.Module, r: int = 8, alpha: int = 16, targets: Targets 
         raise ValueError(f"LoRA rank r must be >= 1, got {r}")
     head = list(head) if head is not None else _head_modules(model)
     return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                           target_modules=find_lora_targets(model, targets),
+                           target_modules=_exact_targets(model, find_lora_targets(model, targets)),
                            modules_to_save=head or None, **kwargs)
+
+
+def _exact_targets(model: nn.Module, chosen: Sequence[str]) -> list[str] | str:
+    """``chosen`` in a form peft matches exactly.
+
+    peft reads a list entry as a name *suffix*: ``["conv1"]`` (a ResNet's stem) also adapts every
+    ``layerN.M.conv1``. When a list would reach modules we did not choose, pass an anchored regex instead.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)))
+        >>> _exact_targets(m, ["1.0"]), _exact_targets(m, ["0"])
+        (['1.0'], '^(?:0)$')
+    """
+    wanted = set(chosen)
+
+    def reached(name: str) -> bool:  # peft's list rule: exact name or a ".suffix" of it
+        parts = name.split(".")
+        return any(".".join(parts[k:]) in wanted for k in range(len(parts)))
+
+    extra = [n for n, _ in model.named_modules() if n not in wanted and reached(n)]
+    if not extra:
+        return list(chosen)
+    return "^(?:" + "|".join(re.escape(c) for c in chosen) + ")$"
 
 
 def apply_lora(model: nn.Module, r: int = 8, alpha: int = 16, targets: Targets = "auto",
@@ -190,6 +214,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         base = layer.get_base_layer()
         setattr(parent, child, base)
+    # peft's tuner leaves its config dict on the model; a "plain" model must pickle without peft installed.
+    model.__dict__.pop("peft_config", None)
     return model
 
 

@@ -20,7 +20,7 @@ from .layers import LayerGroup, group_names, layer_groups
 # Tensors that should never be weight-decayed: decaying positional/class embeddings or norm scales
 # towards zero hurts transfer (standard practice in BERT, ViT and timm recipes).
 _NO_DECAY_NAMES = ("pos_embed", "position_embedding", "pos_embedding", "cls_token", "class_token",
-                   "dist_token", "relative_position_bias_table", "absolute_pos_embed")
+                   "dist_token", "reg_token", "relative_position_bias_table", "absolute_pos_embed")
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
@@ -108,6 +108,12 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float | None = Non
     scales = group_scales(groups, lr, layer_decay=layer_decay, group_lrs=group_lrs,
                           backbone_lr_ratio=backbone_lr_ratio)
     params = dict(model.named_parameters())
+    grouped = [n for g in groups for n in g.param_names]
+    missing, unknown = set(params) - set(grouped), set(grouped) - set(params)
+    if missing or unknown or len(grouped) != len(set(grouped)):
+        # A parameter left out of the optimizer would silently never train (DESIGN rule 2).
+        raise ValueError(f"`groups` must hold every parameter of the model exactly once; missing "
+                         f"{sorted(missing)[:3]}, unknown {sorted(unknown)[:3]}. Build them with layer_groups(model).")
     out = []
     for group, scale in zip(groups, scales):
         for kind in ("decay", "no_decay"):

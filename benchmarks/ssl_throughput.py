@@ -1,0 +1,143 @@
+"""Images/s of ``warmstart.pretrain`` vs a minimal hand-written torch loop (and lightly-train if installed).
+
+Same backbone (torchvision resnet18, random init), same lightly SimCLR transform (32 px, warmstart's small-image
+defaults) and NTXent loss, same projection head, batch 32, same images (scikit-learn digits upscaled to 32 px,
+written as PNGs), same optimizer (AdamW), ``num_workers=0``. The hand loop does exactly the math SSLModule does
+(one backbone pass over both views concatenated), so the ratio measures framework overhead only: Lightning's
+loop, logging (CSV + TensorBoard), the per-epoch checkpoint and the LR schedule. Runs are interleaved in one
+process (ABAB...) so machine load affects both alike; the median images/s over rounds is reported.
+
+    python benchmarks/ssl_throughput.py [--rounds 3] [--epochs 2] [--images 512]
+
+The optional peer ``lightly-train`` is used only if importable; it is never a warmstart dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+BATCH, SIZE = 32, 32
+
+
+def write_digits(root: Path, n: int) -> Path:
+    """``n`` real scikit-learn digit scans upscaled to 32 px RGB PNGs (repeated if n > 1797)."""
+    from sklearn.datasets import load_digits
+
+    from warmstart.core.data import write_image_folder
+
+    d = load_digits()
+    idx = np.arange(n) % len(d.images)
+    images = np.stack([np.asarray(Image.fromarray((d.images[i] / 16 * 255).astype(np.uint8))
+                                  .resize((SIZE, SIZE), Image.BILINEAR).convert("RGB")) for i in idx])
+    return write_image_folder(images, None, root)
+
+
+class Files(Dataset):
+    def __init__(self, root: Path, transform) -> None:
+        self.files, self.transform = sorted(root.rglob("*.png")), transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.open(self.files[i]).convert("RGB"))
+
+
+def hand_loop(data: Path, epochs: int) -> float:
+    """The minimal loop a lightly user writes by hand. Returns images/s."""
+    import torchvision
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.transforms import SimCLRTransform
+
+    torch.manual_seed(0)
+    backbone = torchvision.models.resnet18()
+    backbone.fc = nn.Identity()
+    head = SimCLRProjectionHead(512, 512, 128)
+    criterion = NTXentLoss(temperature=0.2)
+    transform = SimCLRTransform(input_size=SIZE, min_scale=0.2, cj_strength=0.5, gaussian_blur=0.0)
+    loader = DataLoader(Files(data, transform), batch_size=BATCH, shuffle=True, drop_last=True)
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    backbone.train()
+    head.train()
+    images, start = 0, time.perf_counter()
+    for _ in range(epochs):
+        for x0, x1 in loader:
+            z0, z1 = head(backbone(torch.cat([x0, x1]))).chunk(2)
+            loss = criterion(z0, z1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            images += x0.shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def warmstart_run(data: Path, epochs: int, out: Path) -> float:
+    from warmstart.lightning_callbacks.pretrain import pretrain
+
+    summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=epochs, batch_size=BATCH,
+                       image_size=SIZE, accelerator="cpu", devices=1, progress=False, overwrite=True)
+    return float(summary["images_per_s"])
+
+
+def lightly_train_run(data: Path, epochs: int, out: Path) -> float | None:
+    try:
+        import lightly_train
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    lightly_train.train(out=str(out), data=str(data), model="torchvision/resnet18", method="simclr",
+                        epochs=epochs, batch_size=BATCH, transform_args={"image_size": (SIZE, SIZE)},
+                        overwrite=True, num_workers=0)
+    n = len(list(data.rglob("*.png"))) // BATCH * BATCH
+    return n * epochs / (time.perf_counter() - start)  # includes its setup: an upper bound on its overhead
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--images", type=int, default=512)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_digits(tmp / "data", args.images)
+        results: dict[str, list[float]] = {"hand_loop": [], "warmstart": [], "lightly_train": []}
+        warmstart_run(data, 1, tmp / "warmup")  # first-import / first-call costs paid outside the timing
+        for r in range(args.rounds):
+            runs = [("hand_loop", lambda: hand_loop(data, args.epochs)),
+                    ("warmstart", lambda: warmstart_run(data, args.epochs, tmp / "ws"))]
+            for name, fn in runs if r % 2 == 0 else runs[::-1]:
+                results[name].append(fn())
+                print(f"round {r}: {name} {results[name][-1]:.1f} images/s", flush=True)
+            peer = lightly_train_run(data, args.epochs, tmp / "lt")
+            if peer is not None:
+                results["lightly_train"].append(peer)
+        med = {k: statistics.median(v) for k, v in results.items() if v}
+        report = {"images_per_s_median": {k: round(v, 1) for k, v in med.items()},
+                  "warmstart_over_hand_loop": round(med["warmstart"] / med["hand_loop"], 3),
+                  "overhead_percent": round(100 * (1 - med["warmstart"] / med["hand_loop"]), 1),
+                  "setup": {"backbone": "torchvision/resnet18", "image_size": SIZE, "batch_size": BATCH,
+                            "images": args.images, "epochs": args.epochs, "rounds": args.rounds,
+                            "threads": torch.get_num_threads()}}
+        if "lightly_train" in med:
+            report["warmstart_over_lightly_train"] = round(med["warmstart"] / med["lightly_train"], 3)
+        else:
+            report["lightly_train"] = "not installed (optional peer; pip install lightly-train to compare)"
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Fast unit checks of the demo's data splits, model and report (no training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+from warmstart.demo.data import labeled_subset, load_digit_images, split_indices  # noqa: E402
+from warmstart.demo.model import DigitNet  # noqa: E402
+from warmstart.demo.report import format_table, gains  # noqa: E402
+
+
+def test_demo_splits_are_disjoint_stratified_and_seeded():
+    images, labels = load_digit_images(16)
+    assert images.shape == (1797, 16, 16, 3) and images.dtype == np.uint8
+    pool, test = split_indices(labels, 0.3, seed=0)
+    assert not set(pool) & set(test) and len(pool) + len(test) == 1797
+    sub = labeled_subset(pool, labels, 0.01, seed=0)
+    assert set(sub) <= set(pool) and len(set(labels[sub])) == 10
+    assert np.array_equal(sub, labeled_subset(pool, labels, 0.01, seed=0))
+    assert not np.array_equal(sub, labeled_subset(pool, labels, 0.01, seed=1))
+    with pytest.raises(ValueError, match="fractions"):
+        labeled_subset(pool, labels, 0.0)
+
+
+def test_demo_backbone_keys_match_classifier():
+    backbone, classifier = DigitNet(8, 0), DigitNet(8, 10)
+    assert set(backbone.state_dict()) == {k for k in classifier.state_dict() if not k.startswith("head.")}
+    assert backbone(torch.zeros(2, 3, 16, 16)).shape == (2, 32)
+
+
+def test_demo_report_gain_and_table():
+    rows = [{"fraction": 0.01, "method": m, "n_labeled": 13, "accuracy": a, "trainable_params": t,
+             "total_params": 100, "wall_time_s": 1.0} for m, a, t in (("scratch", 0.5, 100), ("lora", 0.7, 10))]
+    assert gains({"rows": rows}) == {0.01: 0.2}
+    assert "lora" in format_table({"rows": rows, "knn_1nn": {"0.01": {"random_init": 0.4, "ssl": 0.6}}})

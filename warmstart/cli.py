@@ -1,0 +1,191 @@
+"""The ``warmstart`` command: ``pretrain`` | ``embed`` | ``models`` | ``demo``.
+
+Heavy frameworks load only inside the sub-command that needs them, so ``warmstart --help`` is instant.
+
+Example:
+    >>> main(["models"])  # doctest: +ELLIPSIS
+    backbone specs (examples; any torchvision / timm model name works):
+    ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+METHOD_NAMES = ("simclr", "byol", "dino", "distillation")  # kept in sync with warmstart.core.ssl.METHODS (tested)
+
+
+def _devices(value: str) -> int | str | list[int]:
+    # Lightning accepts "auto", a count or a list of indices; turn "2" into 2 and "0,1" into [0, 1].
+    if value == "auto":
+        return value
+    if "," in value:
+        return [int(v) for v in value.split(",") if v.strip()]
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # plain strings need no quotes: --set loss=mse
+    return key.strip().replace("-", "_"), value
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pretraining / distillation of a backbone on unlabeled images",
+        description="Pretrain a backbone on a folder of unlabeled images with a Lightning Trainer and export its "
+                    "weights in the model's native key layout to OUT/exported/backbone.safetensors (+ .pt).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="folder of unlabeled images (searched recursively)")
+    p.add_argument("--model", required=True,
+                   help="backbone spec: torchvision/<name>, timm/<name>, hf/<type or folder>, "
+                        "ultralytics/<name>.yaml (see `warmstart models`)")
+    p.add_argument("--method", default="simclr", choices=METHOD_NAMES, help="SSL method")
+    p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite or --resume)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch per device")
+    p.add_argument("--image-size", type=int, default=64, help="side of the square training views in pixels")
+    p.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, a count, or 0,1")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp, ...")
+    p.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--num-nodes", type=int, default=1, help="number of machines (Lightning num_nodes)")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, mps")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from checkpoints/last.ckpt")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of a previous run in OUT")
+    p.add_argument("--val-data", default=None, help="labeled folder (one subfolder per class) for kNN accuracy")
+    p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
+    p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's default)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--set", dest="method_options", type=_key_value, action="append", default=[],
+                   metavar="KEY=VALUE", help="method option, repeatable (e.g. --set temperature=0.1); "
+                                             "see `warmstart models` for each method's options")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="write pooled backbone features of an image folder to .npy",
+                       description="Embed every readable image in DATA; writes OUT/embeddings.npy and OUT/files.txt.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="folder of images (searched recursively)")
+    p.add_argument("--model", default=None, help="backbone spec (default: read from the weights' backbone.json)")
+    p.add_argument("--weights", default=None, help="exported weights: backbone.safetensors / .pt or its folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--image-size", type=int, default=64, help="images are resized + center-cropped to this size")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the end-to-end pretrain-then-finetune demo",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    try:
+        from .demo import cli as demo_cli
+    except ImportError as err:  # the demo package is optional (and may not be installed in slim builds)
+        p.set_defaults(demo_error=f"the demo is not available in this installation ({err})")
+        return
+    demo_cli.add_arguments(p)
+    p.set_defaults(demo_run=demo_cli.run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``warmstart`` command.
+
+    Example:
+        >>> build_parser().parse_args(["pretrain", "--data", "d", "--model", "m", "--out", "o"]).epochs
+        10
+    """
+    parser = argparse.ArgumentParser(prog="warmstart", description="Pretrain-then-finetune for Lightning, "
+                                     "Hugging Face transformers and Ultralytics YOLO.")
+    sub = parser.add_subparsers(dest="command", metavar="{pretrain,embed,models,demo}")
+    _add_pretrain(sub)
+    _add_embed(sub)
+    sub.add_parser("models", help="list example backbone specs and the SSL methods with their options")
+    _add_demo(sub)
+    return parser
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from .lightning_callbacks.pretrain import pretrain
+
+    summary = pretrain(
+        out=args.out, data=args.data, model=args.model, method=args.method, epochs=args.epochs,
+        batch_size=args.batch_size, image_size=args.image_size, devices=args.devices, strategy=args.strategy,
+        precision=args.precision, num_nodes=args.num_nodes, accelerator=args.accelerator, resume=args.resume,
+        overwrite=args.overwrite, val_data=args.val_data, teacher=args.teacher,
+        teacher_weights=args.teacher_weights, lr=args.lr, num_workers=args.num_workers, seed=args.seed,
+        progress=not args.no_progress, **dict(args.method_options))
+    print(json.dumps({k: v for k, v in summary.items() if k != "knn_history"}, indent=2, default=str))
+    return 0
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    from .embed import embed
+
+    feats = embed(args.data, args.model, weights=args.weights, out=args.out, batch_size=args.batch_size,
+                  image_size=args.image_size, num_workers=args.num_workers, progress=not args.no_progress)
+    print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {args.out}/embeddings.npy")
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from .core.backbones import list_backbones
+    from .core.ssl import METHODS, method_options
+
+    print("backbone specs (examples; any torchvision / timm model name works):")
+    for spec in list_backbones():
+        print(f"  {spec}")
+    print("SSL methods (options for --set KEY=VALUE):")
+    for name in sorted(METHODS):
+        print(f"  {name}: {', '.join(method_options(name))}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``warmstart`` command line; returns the exit code (2 for bad input, with the reason printed).
+
+    Example:
+        >>> main(["pretrain", "--data", "/nonexistent", "--model", "torchvision/resnet18", "--out", "/tmp/x"])
+        ... # doctest: +SKIP
+        2
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "pretrain":
+            return _run_pretrain(args)
+        if args.command == "embed":
+            return _run_embed(args)
+        if args.command == "models":
+            return _run_models(args)
+        if getattr(args, "demo_error", None):
+            print(f"warmstart demo: {args.demo_error}", file=sys.stderr)
+            return 1
+        return int(args.demo_run(args) or 0)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        # Bad input gets its one-line reason, not a stack trace (DESIGN rule 8).
+        print(f"warmstart {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

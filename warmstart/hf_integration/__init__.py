@@ -1,0 +1,40 @@
+"""Hugging Face ``transformers.Trainer`` front end: gradual unfreezing, layer-wise LR decay, LoRA, vision backbones.
+
+Everything here translates Trainer hooks into ``warmstart.core`` calls; no freezing or LR logic lives here.
+Names load on first use, so ``import warmstart.hf_integration`` does not import transformers or peft.
+
+Example:
+    >>> from warmstart.hf_integration import GradualUnfreezing, llrd_optimizer, apply_lora
+    >>> GradualUnfreezing.__name__
+    'GradualUnfreezing'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> submodule that defines it (PEP 562 lazy attributes).
+_ATTRIBUTES = {
+    "GradualUnfreezing": "unfreezing",
+    "llrd_optimizer": "optimizer",
+    "LayerDecayOptimizer": "optimizer",
+    "apply_lora": "lora",
+    "peft_task_type": "lora",
+    "load_pretrained_backbone": "vision",
+    "image_classifier_from_export": "vision",
+}
+
+__all__ = sorted(_ATTRIBUTES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ATTRIBUTES:
+        raise AttributeError(f"module 'warmstart.hf_integration' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_ATTRIBUTES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,81 @@
+"""``LoRA``: inject LoRA adapters (``core.apply_lora``) into a LightningModule before its optimizer is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._optional import require
+from ..core.checkpoints import save_weights
+from ..core.lora import Targets, apply_lora, find_lora_targets, has_lora, merge_lora, trainable_summary
+from ._common import check_exclusive, target_module
+
+L = require("lightning", "lightning")
+rank_zero_info = L.pytorch.utilities.rank_zero_info
+
+
+class LoRA(L.Callback):
+    """Adapt a LightningModule (or its ``module`` attribute) with LoRA at ``setup``, before ``configure_optimizers``.
+
+    Adapters are injected in place (same module, same class): only the adapters, the head and BatchNorm train.
+    They are ordinary parameters of the module, so Lightning checkpoints hold them and ``fit(ckpt_path=...)``,
+    ``validate``/``test(ckpt_path=...)`` work (adapters are injected for every stage). With ``merge_on_end=True``
+    the adapters are folded into the base layers when fit ends (the module becomes a plain model again) and the
+    merged weights are written as safetensors to ``merged_path`` (default ``<trainer.default_root_dir>/merged
+    .safetensors``): they load with plain ``torch``/``safetensors`` into the original architecture, without peft
+    or warmstart.
+
+    Example:
+        >>> import types, torch.nn as nn
+        >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))
+        >>> cb = LoRA(r=2)
+        >>> cb.setup(types.SimpleNamespace(callbacks=[cb]), net, "fit")
+        >>> sorted(n for n, p in net.named_parameters() if p.requires_grad)[:2]
+        ['0.lora_A.default.weight', '0.lora_B.default.weight']
+    """
+
+    _owns = ("trainable",)
+
+    def __init__(self, r: int = 8, alpha: int = 16, targets: Targets = "auto", dropout: float = 0.0,
+                 module: str | None = None, merge_on_end: bool = False, merged_path: str | None = None) -> None:
+        if r < 1:
+            raise ValueError(f"LoRA rank r must be >= 1, got {r}")
+        self.r, self.alpha, self.targets, self.dropout = r, alpha, targets, dropout
+        self.module, self.merge_on_end, self.merged_path = module, merge_on_end, merged_path
+        self.target_names: list[str] = []
+        self.saved_path: Path | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(module=self.module)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        check_exclusive(trainer, self)
+        sub = target_module(pl_module, self.module)
+        if has_lora(sub):  # a second fit/test on the same module: adapters are already there
+            return
+        self.target_names = find_lora_targets(sub, self.targets)
+        apply_lora(sub, r=self.r, alpha=self.alpha, targets=self.target_names, dropout=self.dropout)
+        s = trainable_summary(pl_module)
+        rank_zero_info(f"warmstart LoRA: r={self.r} on {len(self.target_names)} modules; trainable "
+                       f"{s['trainable']:,} of {s['total']:,} parameters ({s['percent']}%)")
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.merge_on_end:
+            return
+        sub = target_module(pl_module, self.module)
+        merge_lora(sub)
+        if trainer.is_global_zero:
+            path = Path(self.merged_path or Path(trainer.default_root_dir) / "merged.safetensors")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.saved_path = save_weights(sub.state_dict(), path)  # atomic; safetensors by suffix
+            rank_zero_info(f"warmstart LoRA: merged adapters; plain weights saved to {path}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"r": self.r, "alpha": self.alpha, "targets": list(self.target_names)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("targets") or []
+        if self.target_names and saved and (sorted(saved) != sorted(self.target_names) or state_dict["r"] != self.r):
+            raise ValueError(f"the checkpoint's LoRA had r={state_dict['r']} on {len(saved)} modules, this one has "
+                             f"r={self.r} on {len(self.target_names)}; resume with the same LoRA settings.")

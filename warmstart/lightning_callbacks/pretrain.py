@@ -1,0 +1,270 @@
+"""``pretrain()``: self-supervised pretraining / distillation of a backbone with a real Lightning Trainer.
+
+Everything that can be wrong with the input (paths, method, model spec, teacher, batch size vs data) is checked
+before the Trainer starts. Distributed strategies are Lightning's (``strategy="ddp"``, ``"fsdp"``, ...): this file
+has no distributed code of its own; only rank 0 writes the exported weights, ``metrics.csv`` and ``summary.json``.
+
+Output layout (``out/``)::
+
+    checkpoints/last.ckpt      Lightning checkpoint (resume with resume=True)
+    exported/backbone.safetensors, backbone.pt, backbone.json   native-layout backbone weights
+    logs/csv/version_N/, logs/tensorboard/version_N/            Lightning loggers
+    metrics.csv                all CSV log versions flattened into one file
+    summary.json               images seen, files skipped, final loss, wall time, images/s, ...
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from .._optional import require
+from ..core.ssl import METHODS, get_method
+from .knn import KNNMonitor
+from .ssl_data import SSLDataModule
+from .ssl_module import SSLModule
+
+L = require("lightning", "lightning")
+
+# What pretrain writes into `out`; overwrite=True removes exactly these (never other files the user keeps there).
+OUTPUTS = ("checkpoints", "exported", "logs", "metrics.csv", "summary.json")
+
+
+class _Throughput(L.Callback):
+    """Times the training loop itself (not setup/teardown) for the images/s in the summary."""
+
+    def __init__(self) -> None:
+        self.start_step, self.start_time, self.seconds = 0, 0.0, 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step, self.start_time = trainer.global_step, time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds = time.perf_counter() - self.start_time
+
+
+def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str | nn.Module,
+             method: str = "simclr", epochs: int = 10, batch_size: int = 64, image_size: int = 64,
+             devices: int | str | list = "auto", strategy: Any = "auto", precision: str | int = "32-true",
+             num_nodes: int = 1, accelerator: str = "auto", resume: bool = False, overwrite: bool = False,
+             val_data: str | Path | None = None, teacher: str | nn.Module | None = None,
+             teacher_weights: str | Path | None = None, lr: float | None = None, num_workers: int = 0,
+             seed: int = 0, progress: bool = True, callbacks: Sequence[L.Callback] = (),
+             **method_kwargs: Any) -> dict:
+    """Pretrain ``model`` on the unlabeled images in ``data`` with ``method``; export its weights to ``out``.
+
+    Args:
+        out: output folder (refused if non-empty unless ``overwrite`` or ``resume``).
+        data: folder of images (recursive), list of image paths, or a torch Dataset of images.
+        model: backbone spec ("torchvision/resnet18", "timm/<name>", "hf/<type or folder>",
+            "ultralytics/yolov8n.yaml") or an nn.Module (wrapped by ``build_backbone``).
+        method: "simclr", "byol", "dino" or "distillation" (needs ``teacher`` + ``teacher_weights``).
+        devices, strategy, precision, num_nodes, accelerator: passed to ``lightning.Trainer`` unchanged.
+        resume: continue from ``out/checkpoints/last.ckpt`` (same arguments as the interrupted run).
+        val_data: optional labeled folder (class per subfolder): logs ``knn_acc`` every epoch.
+        lr: peak learning rate (default: the method's ``default_lr``).
+        callbacks: extra Lightning callbacks.
+        method_kwargs: method options, e.g. ``temperature=0.1`` (see ``warmstart.core.ssl.method_options``).
+
+    Returns:
+        The summary dict (also written to ``out/summary.json`` by rank 0).
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from warmstart.core.data import write_image_folder
+        >>> data = write_image_folder(np.random.randint(0, 255, (8, 32, 32, 3), np.uint8), None, tempfile.mkdtemp())
+        >>> summary = pretrain(tempfile.mkdtemp(), data, "torchvision/resnet18", epochs=1, batch_size=4,
+        ...                    image_size=32, progress=False)  # doctest: +SKIP
+        >>> summary["images_seen"]  # doctest: +SKIP
+        8
+    """
+    wall_start = time.perf_counter()
+    out = Path(out)
+    launched_child = _is_launched_child()
+    # ---- validate everything before any training starts -------------------------------------------------------
+    if str(method).lower() not in METHODS:
+        raise ValueError(f"unknown SSL method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+    method = str(method).lower()
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if int(batch_size) < 2:
+        raise ValueError(f"batch_size must be >= 2 for self-supervised losses, got {batch_size}")
+    if (teacher is not None or teacher_weights is not None) and method != "distillation":
+        raise ValueError(f"teacher/teacher_weights are only used by method='distillation', not {method!r}")
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    if not launched_child:
+        _check_out(out, checkpoint, resume=resume, overwrite=overwrite)
+    from ..core.data import UnlabeledImages
+
+    dataset = UnlabeledImages(data, progress=progress)  # raises a clear error for a missing folder / no images
+    knn = KNNMonitor(val_data, image_size=image_size) if val_data is not None else None
+    if knn is not None:
+        knn.dataset(image_size)  # fail now, not after the first epoch, if the folder has no classes
+
+    L.seed_everything(seed, workers=True, verbose=False)  # before building models: same init for the same seed
+    backbone = _build(model, image_size, "model")
+    if method == "distillation":
+        method_kwargs["teacher"] = _teacher(teacher, teacher_weights, image_size)
+    ssl_method = get_method(method, backbone, image_size, **method_kwargs)
+    dataset.transform = ssl_method.transform
+    module = SSLModule(ssl_method, lr=lr, seed=seed)
+    datamodule = SSLDataModule(dataset, ssl_method.transform, batch_size=batch_size, num_workers=num_workers,
+                               seed=seed)
+
+    if overwrite and not launched_child:
+        _remove_outputs(out)
+    throughput = _Throughput()
+    all_callbacks: list[L.Callback] = [throughput, *callbacks]
+    if knn is not None:
+        all_callbacks.append(knn)
+    # save_top_k=0 + save_last: one rolling last.ckpt per epoch, which is all resume needs.
+    ModelCheckpoint = L.pytorch.callbacks.ModelCheckpoint
+    all_callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0))
+    all_callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
+    loggers = [L.pytorch.loggers.CSVLogger(out / "logs", name="csv"),
+               L.pytorch.loggers.TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False)]
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    trainer = L.Trainer(
+        max_epochs=int(epochs), devices=devices, strategy=strategy, precision=precision, num_nodes=num_nodes,
+        accelerator=accelerator, logger=loggers, callbacks=all_callbacks, default_root_dir=out,
+        enable_progress_bar=progress, enable_model_summary=progress,
+        log_every_n_steps=max(1, min(10, len(dataset) // int(batch_size))),
+    )
+    per_rank = len(dataset) // max(trainer.world_size, 1)
+    if per_rank < int(batch_size):
+        raise ValueError(
+            f"{len(dataset)} images over {trainer.world_size} process(es) is {per_rank} per process, fewer than "
+            f"batch_size={batch_size} (incomplete batches are dropped). Lower --batch-size or add images."
+        )
+    # ---- train ----------------------------------------------------------------------------------------------
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+
+    summary = _summary(trainer, module, datamodule, throughput, knn, model=model, method=method,
+                       image_size=image_size, batch_size=int(batch_size), epochs=int(epochs), resume=resume,
+                       lr=module.lr, seed=seed, precision=precision, out=out)
+    if trainer.is_global_zero:
+        summary["exported"] = {k: str(v) for k, v in module.export(out / "exported").items()}
+        _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
+        summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
+        _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _is_launched_child() -> bool:
+    # Lightning's DDP launcher re-runs the user's script in child processes with LOCAL_RANK/NODE_RANK set (torchrun
+    # and SLURM set RANK too): only the first process may check or clean the output folder.
+    return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _check_out(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={out} is a file; pass a folder for the run's outputs")
+    if resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"resume=True but {checkpoint} does not exist; start without --resume")
+        return
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"output folder {out} is not empty; pass overwrite=True (--overwrite) to replace its "
+                         "results, resume=True (--resume) to continue its run, or choose another folder")
+
+
+def _remove_outputs(out: Path) -> None:
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _build(spec: str | nn.Module, image_size: int, what: str) -> nn.Module:
+    from ..core.backbones import Backbone, build_backbone
+
+    if isinstance(spec, Backbone):
+        return spec
+    if not isinstance(spec, (str, nn.Module)):
+        raise ValueError(f"{what} must be a spec string like 'torchvision/resnet18' or an nn.Module, got "
+                         f"{type(spec).__name__}")
+    return build_backbone(spec, image_size=image_size)
+
+
+def _teacher(teacher: str | nn.Module | None, weights: str | Path | None, image_size: int) -> nn.Module:
+    if teacher is None:
+        raise ValueError("method='distillation' needs teacher=<spec or nn.Module> (--teacher) and usually "
+                         "teacher_weights=<file> (--teacher-weights) with its trained weights")
+    if weights is None and isinstance(teacher, str):
+        raise ValueError(f"teacher {teacher!r} would be randomly initialized: pass teacher_weights=<file> "
+                         "(--teacher-weights) with its trained weights")
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"teacher_weights file {weights} does not exist")
+    net = _build(teacher, image_size, "teacher")
+    if weights is not None:
+        from ..core.checkpoints import load_backbone_weights
+
+        report = load_backbone_weights(net, weights)
+        logging.getLogger(__name__).info("teacher: %s", report.summary())
+    return net
+
+
+def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, throughput: _Throughput,
+             knn: KNNMonitor | None, **info: Any) -> dict:
+    world = max(trainer.world_size, 1)
+    per_step = info["batch_size"] * world * trainer.accumulate_grad_batches
+    session_images = (trainer.global_step - throughput.start_step) * per_step
+    loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
+    model = info.pop("model")
+    summary = {
+        "method": info.pop("method"),
+        "model": getattr(module.backbone, "spec", None) or (model if isinstance(model, str) else
+                                                            type(model).__name__),
+        "feature_dim": int(module.method.feature_dim),
+        **info,
+        "out": str(info["out"]),
+        "precision": str(info["precision"]),
+        "world_size": world,
+        "epochs_completed": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
+        "images_seen": int(trainer.global_step * per_step),
+        "files_total": len(datamodule.dataset),
+        "files_skipped": datamodule.skipped,
+        "final_loss": float(loss) if loss is not None else None,
+        "train_time_s": round(throughput.seconds, 3),
+        "images_per_s": round(session_images / throughput.seconds, 2) if throughput.seconds > 0 else None,
+        "checkpoint": str(Path(info["out"]) / "checkpoints" / "last.ckpt"),
+    }
+    if knn is not None and knn.history:
+        summary["knn_acc"] = knn.history[-1][1]
+        summary["knn_history"] = [{"epoch": e, "knn_acc": a} for e, a in knn.history]
+    return summary
+
+
+def _flatten_metrics(csv_root: Path, target: Path) -> None:
+    """Concatenate every CSV-logger version (a resumed run adds one) into one metrics.csv with all columns."""
+    rows: list[dict] = []
+    for path in sorted(csv_root.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1])):
+        with path.open(newline="") as f:
+            rows.extend(csv.DictReader(f))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = target.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns or ["epoch", "step"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, target)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)

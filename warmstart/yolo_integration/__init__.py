@@ -1,0 +1,38 @@
+"""Ultralytics YOLO front end: ``wrap(YOLO(...), ...)`` gives ``.train()`` pretrained backbones, freezing schedules,
+layer-wise LR and LoRA, all computed by ``warmstart.core``.
+
+Importing this package needs Ultralytics (``pip install 'warmstart[yolo]'``).
+
+Example:
+    >>> from ultralytics import YOLO
+    >>> from warmstart.yolo_integration import wrap
+    >>> model = wrap(YOLO("yolov8n.yaml", verbose=False), unfreeze_schedule={"at": {"neck": 1, "backbone": 2}})
+    >>> model.warmstart.unfreeze_schedule
+    {'at': {'neck': 1, 'backbone': 2}}
+"""
+
+from .._optional import require
+
+require("ultralytics")
+
+from .config import YoloWarmstartConfig, make_config  # noqa: E402
+from .lora_merge import clean_copy  # noqa: E402
+from .offline import offline_guard  # noqa: E402
+from .synthetic import make_shapes_dataset  # noqa: E402
+from .trainer import (  # noqa: E402
+    TRAINERS,
+    WarmstartClassificationTrainer,
+    WarmstartDetectionTrainer,
+    WarmstartOBBTrainer,
+    WarmstartPoseTrainer,
+    WarmstartSegmentationTrainer,
+    WarmstartTrainerMixin,
+    config_of,
+)
+from .wrap import is_wrapped, wrap  # noqa: E402
+
+__all__ = [
+    "TRAINERS", "WarmstartClassificationTrainer", "WarmstartDetectionTrainer", "WarmstartOBBTrainer",
+    "WarmstartPoseTrainer", "WarmstartSegmentationTrainer", "WarmstartTrainerMixin", "YoloWarmstartConfig",
+    "clean_copy", "config_of", "is_wrapped", "make_config", "make_shapes_dataset", "offline_guard", "wrap",
+]
