@@ -85,7 +85,7 @@ def hand_loop(data: Path, epochs: int) -> float:
 
 
 def warmstart_run(data: Path, epochs: int, out: Path) -> float:
-    from warmstart.lightning_callbacks.pretrain import pretrain
+    from warmstart.lightning_callbacks.pretraining import pretrain
 
     summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=epochs, batch_size=BATCH,
                        image_size=SIZE, accelerator="cpu", devices=1, progress=False, overwrite=True)

@@ -26,7 +26,7 @@ _ATTRIBUTES = {
     "apply_lora": "warmstart.core",
     "merge_lora": "warmstart.core",
     "UnfreezeSchedule": "warmstart.core",
-    "pretrain": "warmstart.lightning_callbacks.pretrain",
+    "pretrain": "warmstart.lightning_callbacks.pretraining",
     "embed": "warmstart.embed",
 }
 

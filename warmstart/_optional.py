@@ -35,3 +35,19 @@ def require(module: str, extra: str | None = None) -> ModuleType:
             f"warmstart needs '{top}' for this feature, and it is not importable ({err}). "
             f"Install it with: pip install 'warmstart[{extra}]'"
         ) from err
+
+
+def require_installed(module: str, extra: str | None = None) -> None:
+    """Raise ``require``'s ImportError if ``module`` cannot be found, without importing it (keeps imports lazy).
+
+    Example:
+        >>> require_installed("torch")
+    """
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocking finder raises; a None entry in sys.modules gives ValueError
+        found = False
+    if not found:
+        require(module, extra)

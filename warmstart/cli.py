@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from .lightning_callbacks.pretrain import pretrain
+    from .lightning_callbacks.pretraining import pretrain
 
     summary = pretrain(
         out=args.out, data=args.data, model=args.model, method=args.method, epochs=args.epochs,

@@ -16,7 +16,7 @@ from torch import nn
 
 from warmstart.core.checkpoints import save_weights
 from warmstart.embed import eval_transform
-from warmstart.lightning_callbacks.pretrain import pretrain
+from warmstart.lightning_callbacks.pretraining import pretrain
 
 RUN = dict(batch_size=16, image_size=32, progress=False, accelerator="cpu", devices=1)
 

@@ -1,7 +1,7 @@
 """Hugging Face ``transformers.Trainer`` front end: gradual unfreezing, layer-wise LR decay, LoRA, vision backbones.
 
 Everything here translates Trainer hooks into ``warmstart.core`` calls; no freezing or LR logic lives here.
-Names load on first use, so ``import warmstart.hf_integration`` does not import transformers or peft.
+Names load on first use; the import checks only that transformers is installed (peft loads with LoRA).
 
 Example:
     >>> from warmstart.hf_integration import GradualUnfreezing, llrd_optimizer, apply_lora
@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from .._optional import require_installed
+
+# Fail at import with the install hint, not later with a bare ModuleNotFoundError;
+# find_spec only, so the package stays cheap to import.
+require_installed("transformers", "hf")
 
 # name -> submodule that defines it (PEP 562 lazy attributes).
 _ATTRIBUTES = {

@@ -30,7 +30,7 @@ _ATTRIBUTES = {
     "SSLModule": "ssl_module",
     "SSLDataModule": "ssl_data",
     "KNNMonitor": "knn",
-    "pretrain": "pretrain",
+    "pretrain": "pretraining",
 }
 
 __all__ = sorted(_ATTRIBUTES)

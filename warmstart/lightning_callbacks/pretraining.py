@@ -255,6 +255,11 @@ def _flatten_metrics(csv_root: Path, target: Path) -> None:
     for path in sorted(csv_root.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1])):
         with path.open(newline="") as f:
             rows.extend(csv.DictReader(f))
+    # LearningRateMonitor rows carry a step but no epoch; give them the epoch logged at the same step.
+    epoch_at = {row.get("step"): row["epoch"] for row in rows if row.get("epoch")}
+    for row in rows:
+        if not row.get("epoch") and row.get("step") in epoch_at:
+            row["epoch"] = epoch_at[row["step"]]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     tmp = target.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
