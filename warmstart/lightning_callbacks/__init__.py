@@ -12,9 +12,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_attributes
 from .._optional import require
 
 # Fail at import with the install hint, not later with a bare ModuleNotFoundError from a submodule.
@@ -36,13 +34,4 @@ _ATTRIBUTES = {
 __all__ = sorted(_ATTRIBUTES)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _ATTRIBUTES:
-        raise AttributeError(f"module 'warmstart.lightning_callbacks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_ATTRIBUTES[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _ATTRIBUTES)
