@@ -165,3 +165,28 @@ def test_distillation_from_a_teacher_trained_here(folders, tmp_path: Path) -> No
     assert after > before + 0.1, (before, after)  # student features moved towards the teacher's
     knn = [h["knn_acc"] for h in summary["knn_history"]]
     assert knn[-1] > knn[0], knn
+
+
+class CountingViews:
+    """Two plain resized views that count their calls, to prove the engine used them (and not its default)."""
+
+    def __init__(self, size: int, views: int = 2) -> None:
+        from torchvision.transforms import v2
+
+        self.calls, self.views = 0, views
+        self.to_tensor = v2.Compose([v2.Resize((size, size)), v2.PILToTensor(), v2.ToDtype(torch.float32, True)])
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        self.calls += 1
+        return [self.to_tensor(image) for _ in range(self.views)]
+
+
+def test_custom_transform_is_used_and_checked_before_training(folders, tmp_path: Path) -> None:
+    views = CountingViews(32)
+    summary = pretrain(tmp_path / "ok", folders["data"], seeded_cnn(), epochs=1, transform=views, **RUN)
+    assert summary["steps"] == 3 and views.calls >= 48  # every training image went through our views
+    with pytest.raises(ValueError, match="3 views but this method uses 2"):
+        pretrain(tmp_path / "three", folders["data"], seeded_cnn(), transform=CountingViews(32, views=3), **RUN)
+    with pytest.raises(ValueError, match="list of view tensors"):
+        pretrain(tmp_path / "one", folders["data"], seeded_cnn(), transform=lambda image: image, **RUN)
+    assert not (tmp_path / "three" / "checkpoints").exists() and not (tmp_path / "one" / "checkpoints").exists()

@@ -21,10 +21,11 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -60,7 +61,7 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
              val_data: str | Path | None = None, teacher: str | nn.Module | None = None,
              teacher_weights: str | Path | None = None, lr: float | None = None, num_workers: int = 0,
              seed: int = 0, progress: bool = True, callbacks: Sequence[L.Callback] = (),
-             **method_kwargs: Any) -> dict:
+             transform: Callable | None = None, **method_kwargs: Any) -> dict:
     """Pretrain ``model`` on the unlabeled images in ``data`` with ``method``; export its weights to ``out``.
 
     Args:
@@ -74,6 +75,9 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         val_data: optional labeled folder (class per subfolder): logs ``knn_acc`` every epoch.
         lr: peak learning rate (default: the method's ``default_lr``).
         callbacks: extra Lightning callbacks.
+        transform: your own views for your domain (PIL image -> list of view tensors, as many as the method
+            expects: 2 for simclr/byol/distillation, e.g. ``lightly.transforms.SimCLRTransform(hf_prob=0, ...)``
+            for images where flips change the meaning). Default: the method's own lightly transform.
         method_kwargs: method options, e.g. ``temperature=0.1`` (see ``warmstart.core.ssl.method_options``).
 
     Returns:
@@ -116,6 +120,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if method == "distillation":
         method_kwargs["teacher"] = _teacher(teacher, teacher_weights, image_size)
     ssl_method = get_method(method, backbone, image_size, **method_kwargs)
+    if transform is not None:
+        ssl_method.transform = _check_transform(transform, ssl_method.transform, dataset)
     dataset.transform = ssl_method.transform
     module = SSLModule(ssl_method, lr=lr, seed=seed)
     datamodule = SSLDataModule(dataset, ssl_method.transform, batch_size=batch_size, num_workers=num_workers,
@@ -247,6 +253,21 @@ def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, t
         summary["knn_acc"] = knn.history[-1][1]
         summary["knn_history"] = [{"epoch": e, "knn_acc": a} for e, a in knn.history]
     return summary
+
+
+def _check_transform(transform: Callable, default: Callable, dataset: Any) -> Callable:
+    """Fail before training if a user transform gives views the method cannot use (count or type)."""
+    if not callable(transform):
+        raise ValueError(f"transform must be callable (PIL image -> list of view tensors), got {type(transform)}")
+    image = dataset[0]  # the dataset has no transform yet: a PIL image
+    ours, theirs = default(image), transform(image)
+    if not isinstance(theirs, (list, tuple)) or not all(isinstance(v, torch.Tensor) for v in theirs):
+        raise ValueError("transform must return a list of view tensors (like lightly's SimCLRTransform), "
+                         f"got {type(theirs).__name__}")
+    if len(theirs) != len(ours):
+        raise ValueError(f"transform gives {len(theirs)} views but this method uses {len(ours)} per image; "
+                         "build it from the method's lightly transform (e.g. SimCLRTransform for simclr/byol)")
+    return transform
 
 
 def _flatten_metrics(csv_root: Path, target: Path) -> None:
