@@ -77,3 +77,35 @@ def test_bad_input():
         apply_lora(tiny_bert(), targets=["not_a_layer"])
     with pytest.raises(ValueError, match="r must be >= 1"):
         apply_lora(tiny_bert(), r=0)
+    with pytest.raises(ValueError, match=r"head=\[\.\.\.\]"):
+        apply_lora(tiny_bert(), modules_to_save=["classifier"])
+
+
+def test_cnn_lora_trains_saves_and_merges_batchnorm(tmp_path):
+    torch.manual_seed(0)
+    base = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=3))
+    base.save_pretrained(tmp_path / "base")
+    bns = [n for n, m in base.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    model = apply_lora(base, r=2)
+    assert set(bns) <= set(model.peft_config["default"].modules_to_save)  # BN adapts to the new domain too
+    stem_bn = "resnet.embedder.embedder.normalization"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(stem_bn in n and "modules_to_save" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    transformers.Trainer(model=model, args=training_args(tmp_path / "run", max_steps=3),
+                         train_dataset=ImageDataset(16)).train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert any(stem_bn in n for n in changed) and changed <= trainable
+
+    model.save_pretrained(tmp_path / "adapter")
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+        fresh = transformers.ResNetForImageClassification.from_pretrained(tmp_path / "base")
+        reloaded = peft.PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, expected)  # trained BN stats came back too
+        merged = model.merge_and_unload().eval()
+        assert type(merged) is transformers.ResNetForImageClassification
+        torch.testing.assert_close(merged(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-5)

@@ -8,6 +8,7 @@ folder (``adapter_config.json`` + ``adapter_model.safetensors``) that ``PeftMode
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +74,28 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: int = 16, targets: str | Seq
     if isinstance(model, peft.PeftModel):
         raise ValueError("the model is already a PeftModel; call apply_lora on the plain transformers model, "
                          "or add an adapter with peft_model.add_adapter(name, config).")
+    if "modules_to_save" in lora_kwargs:
+        raise ValueError("pass the modules to train fully and save with the adapter as head=[...] "
+                         "(it replaces the detected head), not modules_to_save=")
     config = lora_config(model, r=r, alpha=alpha, targets=targets, dropout=dropout, head=head,
                          task_type=lora_kwargs.pop("task_type", peft_task_type(model)), **lora_kwargs)
+    config.modules_to_save = _with_batchnorm(model, config)
     return peft.get_peft_model(model, config)
+
+
+def _with_batchnorm(model: nn.Module, config: Any) -> list[str] | None:
+    """``modules_to_save`` plus every BatchNorm when convolutions are adapted.
+
+    Frozen BatchNorm statistics from another domain hurt an adapted CNN; ``core.apply_lora`` keeps BN trainable
+    for the same reason. Through ``modules_to_save`` peft also trains, saves and reloads them with the adapter.
+    """
+    saved = list(config.modules_to_save or [])
+    modules = dict(model.named_modules())
+    targets = config.target_modules
+    adapted = (list(targets) if not isinstance(targets, str)
+               else [n for n in modules if re.fullmatch(targets, n)])
+    if not any(isinstance(modules.get(n), nn.Conv2d) for n in adapted):
+        return saved or None
+    under_saved = lambda name: any(name == s or name.startswith(s + ".") for s in saved)  # noqa: E731
+    bns = [n for n, m in modules.items() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not under_saved(n)]
+    return saved + bns or None
