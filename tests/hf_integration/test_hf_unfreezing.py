@@ -163,3 +163,14 @@ def test_batchnorm_policy_in_frozen_groups_of_an_hf_resnet(tmp_path, bn):
         trainer.train()
     assert torch.equal(stem_bn.weight, weight)  # affine frozen under both policies
     assert torch.equal(stem_bn.running_mean, stats) == (bn == "eval")  # statistics: frozen only for "eval"
+
+
+def test_ddp_check_follows_the_trainers_find_unused_rule(tmp_path):
+    from warmstart.hf_integration.unfreezing import _ddp_finds_unused
+
+    model = tiny_bert()
+    assert _ddp_finds_unused(training_args(tmp_path), model)  # unset, no checkpointing: the Trainer finds unused
+    assert not _ddp_finds_unused(training_args(tmp_path, ddp_find_unused_parameters=False), model)
+    model.gradient_checkpointing_enable()  # unset + checkpointing: the Trainer turns find_unused off -> refuse
+    assert not _ddp_finds_unused(training_args(tmp_path), model)
+    assert _ddp_finds_unused(training_args(tmp_path, ddp_find_unused_parameters=True), model)

@@ -107,7 +107,7 @@ class GradualUnfreezing(TrainerCallback, ExportableState):
         self._group_names = names
         self.schedule = self._make_schedule(len(groups), names)
         _check_optimizer_holds_all(model, optimizer)
-        if getattr(args, "world_size", 1) > 1 and args.ddp_find_unused_parameters is False:
+        if getattr(args, "world_size", 1) > 1 and not _ddp_finds_unused(args, model):
             # DDP registers every parameter when it wraps the model; frozen ones then never get a gradient.
             raise ValueError("GradualUnfreezing under DDP needs TrainingArguments(ddp_find_unused_parameters=True): "
                              "frozen layers produce no gradients for DDP to reduce.")
@@ -193,3 +193,11 @@ def _check_optimizer_holds_all(model: nn.Module, optimizer) -> None:
             "was built: pass optimizer_cls_and_kwargs=warmstart.hf_integration.llrd_optimizer(model, ...) "
             "(holds all parameters), or unfreeze the model before building the Trainer."
         )
+
+
+def _ddp_finds_unused(args: transformers.TrainingArguments, model: nn.Module) -> bool:
+    """What the Trainer will pass as DDP's find_unused_parameters (its rule: unset -> off under checkpointing)."""
+    if args.ddp_find_unused_parameters is not None:
+        return bool(args.ddp_find_unused_parameters)
+    checkpointing = getattr(model, "is_activation_checkpointing", False)
+    return not (checkpointing or getattr(args, "activation_checkpointing", False))
