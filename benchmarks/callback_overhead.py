@@ -93,9 +93,10 @@ def run(arm: str, data: DataLoader, steps: int) -> float:
 
 def compare(a: str, b: str, data: DataLoader, steps: int, repeats: int) -> tuple[float, list[float], list[float]]:
     ta, tb = [], []
-    for _ in range(repeats):  # interleaved
+    for i in range(repeats):  # interleaved
         ta.append(run(a, data, steps))
         tb.append(run(b, data, steps))
+        print(f"  pair {i + 1}/{repeats}: {a} {ta[-1] * 1e3:.1f} ms, {b} {tb[-1] * 1e3:.1f} ms", flush=True)
     ratio = statistics.median(x / y for x, y in zip(ta, tb))
     return ratio, ta, tb
 
