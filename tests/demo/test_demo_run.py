@@ -40,6 +40,9 @@ def test_demo_quick_writes_outputs(quick, capsys):
     assert all(r["trainable_params"] < 0.2 * r["total_params"] for r in lora)
     assert all(r["trainable_params"] == r["total_params"] for r in scratch)
     assert results["pretrain"]["steps"] > 0 and results["pretrain"]["final_loss"] is not None
+    repeats = results["config"]["repeats"]
+    assert len(results["runs"]) == repeats * len(cells)
+    assert all(len(r["accuracies"]) == r["repeats"] == repeats for r in results["rows"])
 
 
 def test_demo_quick_pretrained_beats_scratch(quick):
@@ -54,14 +57,23 @@ def test_demo_quick_pretrained_beats_scratch(quick):
     assert knn["ssl"] > knn["random_init"], knn
 
 
-def test_demo_same_seed_same_results(tmp_path):
-    small = ["--fractions", "0.05", "--methods", "scratch,lora", "--pretrain-epochs", "1", "--epochs", "2"]
+def test_demo_same_seed_same_results(tmp_path, capsys):
+    small = ["--fractions", "0.05", "--methods", "scratch,lora", "--pretrain-epochs", "1", "--epochs", "2",
+             "--repeats", "2"]
     assert _run(tmp_path / "a", *small) == 0
     assert _run(tmp_path / "b", *small) == 0
     a, b = (json.loads((tmp_path / x / "results.json").read_text()) for x in ("a", "b"))
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rows]  # noqa: E731
-    assert strip(a["rows"]) == strip(b["rows"])
+    assert strip(a["rows"]) == strip(b["rows"]) and strip(a["runs"]) == strip(b["runs"])
     assert a["knn_1nn"] == b["knn_1nn"]
+    # the repeats are different labeled subsets (seeds), and the table reports their mean ± std
+    runs = [r for r in a["runs"] if r["method"] == "scratch"]
+    assert [r["repeat"] for r in runs] == [0, 1] and runs[0]["seed"] != runs[1]["seed"]
+    row = next(r for r in a["rows"] if r["method"] == "scratch")
+    assert row["accuracies"] == [r["accuracy"] for r in runs]
+    assert abs(row["accuracy"] - sum(row["accuracies"]) / 2) < 1e-3
+    out = capsys.readouterr().out
+    assert "accuracy (2 subsets)" in out and f"{row['accuracy']:.3f} ± {row['accuracy_std']:.3f}" in out
 
 
 def test_demo_refuses_non_empty_out(tmp_path, capsys):
@@ -77,7 +89,12 @@ def test_demo_help_documents_every_option(capsys):
         parser.parse_args(["--help"])
     text = capsys.readouterr().out
     for option in ("--out", "--overwrite", "--quick", "--fractions", "--methods", "--method", "--pretrain-epochs",
-                   "--epochs", "--image-size", "--width", "--lr", "--seed", "--no-progress"):
+                   "--epochs", "--repeats", "--image-size", "--width", "--lr", "--seed", "--no-progress"):
         assert option in text
     with pytest.raises(SystemExit):
         parser.parse_args(["--fractions", "0,2"])
+
+
+def test_demo_rejects_zero_repeats(tmp_path, capsys):
+    assert _run(tmp_path / "out", "--quick", "--repeats", "0") == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err

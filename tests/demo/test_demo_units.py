@@ -9,8 +9,9 @@ import torch
 pytest.importorskip("sklearn")
 
 from warmstart.demo.data import labeled_subset, load_digit_images, split_indices  # noqa: E402
+from warmstart.demo.experiment import repeat_seed, summarize_runs  # noqa: E402
 from warmstart.demo.model import DigitNet  # noqa: E402
-from warmstart.demo.report import format_table, gains  # noqa: E402
+from warmstart.demo.report import format_table, gain_details, gains  # noqa: E402
 
 
 def test_demo_splits_are_disjoint_stratified_and_seeded():
@@ -37,3 +38,23 @@ def test_demo_report_gain_and_table():
              "total_params": 100, "wall_time_s": 1.0} for m, a, t in (("scratch", 0.5, 100), ("lora", 0.7, 10))]
     assert gains({"rows": rows}) == {0.01: 0.2}
     assert "lora" in format_table({"rows": rows, "knn_1nn": {"0.01": {"random_init": 0.4, "ssl": 0.6}}})
+
+
+def test_demo_repeats_are_summarized_as_mean_std_and_paired_gains():
+    # three labeled subsets; lora beats scratch on two of them (paired by subset, not by sorted accuracy)
+    accs = {"scratch": (0.50, 0.60, 0.70), "lora": (0.60, 0.70, 0.65)}
+    runs = [{"fraction": 0.01, "method": m, "repeat": k, "n_labeled": 13, "accuracy": accs[m][k],
+             "trainable_params": t, "total_params": 100, "wall_time_s": 1.0 + k}
+            for k in range(3) for m, t in (("scratch", 100), ("lora", 10))]
+    rows = summarize_runs(runs)
+    assert [r["method"] for r in rows] == ["scratch", "lora"]
+    assert rows[0]["accuracies"] == [0.5, 0.6, 0.7] and rows[0]["accuracy"] == 0.6
+    assert rows[0]["accuracy_std"] == 0.1 and rows[0]["wall_time_s"] == 2.0 and rows[0]["repeats"] == 3
+    detail = gain_details({"rows": rows, "runs": runs})[0.01]
+    assert detail["method"] == "lora" and detail["wins"] == 2 and detail["repeats"] == 3
+    assert abs(detail["gain"] - 0.05) < 1e-9 and detail["gain_std"] > 0
+    table = format_table({"rows": rows, "knn_1nn": {"0.01": {"random_init": 0.4, "random_init_std": 0.01,
+                                                             "ssl": 0.6, "ssl_std": 0.02, "ssl_runs": [0.6] * 3}}})
+    assert "accuracy (3 subsets)" in table and "0.600 ± 0.100" in table
+    assert "0.400 ± 0.010 -> SSL 0.600 ± 0.020" in table
+    assert len({repeat_seed(0, k) for k in range(3)} | {repeat_seed(1, 0)}) == 4

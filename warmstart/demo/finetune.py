@@ -22,7 +22,7 @@ from .model import DigitNet
 METHODS: dict[str, str] = {
     "scratch": "random init, all layers train",
     "probe": "SSL weights, Freeze: only the head trains",
-    "finetune": "SSL weights, GradualUnfreezing (head first) + DiscriminativeLR (layer decay 0.5)",
+    "finetune": "SSL weights, GradualUnfreezing (head first) + DiscriminativeLR (layer decay 0.7)",
     "lora": "SSL weights, LoRA r=4 on every conv (+ head, BatchNorm)",
 }
 PRETRAINED = ("probe", "finetune", "lora")

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .._optional import require
 
 PLOT_NAME = "accuracy_vs_labels.png"
@@ -13,29 +15,40 @@ RESULTS_NAME = "results.json"
 TABLE_NAME = "table.txt"
 
 
+def _pm(mean: float, std: float | None, repeats: int) -> str:
+    return f"{mean:.3f} ± {std:.3f}" if repeats > 1 and std is not None else f"{mean:.3f}"
+
+
 def format_table(results: dict) -> str:
-    """The fraction x method table: labeled images, held-out accuracy, trainable parameters, wall time.
+    """The fraction x method table: labeled images, held-out accuracy (mean ± std over the labeled subsets when
+    there are several), trainable parameters, wall time per run; then 1-NN accuracy of frozen features.
 
     Example:
-        >>> rows = [{"fraction": 0.05, "method": "scratch", "n_labeled": 63, "accuracy": 0.5,
-        ...          "trainable_params": 100, "total_params": 100, "wall_time_s": 1.0}]
+        >>> rows = [{"fraction": 0.05, "method": "scratch", "n_labeled": 63, "accuracy": 0.5, "accuracy_std": 0.02,
+        ...          "repeats": 3, "trainable_params": 100, "total_params": 100, "wall_time_s": 1.0}]
         >>> print(format_table({"rows": rows, "knn_1nn": {}}))  # doctest: +NORMALIZE_WHITESPACE
-        labels  n    method    accuracy  trainable params  wall s
-        5%      63   scratch   0.500     100 (100%)        1.0
+        labels  n    method    accuracy (3 subsets)  trainable params  wall s
+        5%      63   scratch   0.500 ± 0.020         100 (100%)        1.0
     """
-    lines = [f"{'labels':<7} {'n':<4} {'method':<9} {'accuracy':<9} {'trainable params':<17} wall s"]
+    repeats = max([r.get("repeats", 1) for r in results["rows"]] or [1])
+    head = f"accuracy ({repeats} subsets)" if repeats > 1 else "accuracy"
+    width = max(len(head), 13 if repeats > 1 else 8) + 1
+    lines = [f"{'labels':<7} {'n':<4} {'method':<9} {head:<{width}} {'trainable params':<17} wall s"]
     for r in results["rows"]:
         share = f"{r['trainable_params']:,} ({100 * r['trainable_params'] / max(r['total_params'], 1):.0f}%)"
-        lines.append(f"{r['fraction']:<7.0%} {r['n_labeled']:<4} {r['method']:<9} {r['accuracy']:<9.3f} "
+        acc = _pm(r["accuracy"], r.get("accuracy_std"), r.get("repeats", 1))
+        lines.append(f"{r['fraction']:<7.0%} {r['n_labeled']:<4} {r['method']:<9} {acc:<{width}} "
                      f"{share:<17} {r['wall_time_s']:.1f}")
     for fraction, pair in results.get("knn_1nn", {}).items():
-        lines.append(f"1-NN on frozen features, {float(fraction):.0%} labels: random init {pair['random_init']:.3f}"
-                     f" -> SSL {pair['ssl']:.3f}")
+        n = len(pair.get("ssl_runs", [0]))
+        lines.append(f"1-NN on frozen features, {float(fraction):.0%} labels: random init "
+                     f"{_pm(pair['random_init'], pair.get('random_init_std'), n)} -> SSL "
+                     f"{_pm(pair['ssl'], pair.get('ssl_std'), n)}")
     return "\n".join(lines)
 
 
 def gains(results: dict) -> dict[float, float]:
-    """Best pretrained method's accuracy minus scratch's, per labeled fraction (where both ran).
+    """Best pretrained method's mean accuracy minus scratch's, per labeled fraction (where both ran).
 
     Example:
         >>> rows = [{"fraction": 0.1, "method": "scratch", "accuracy": 0.5},
@@ -43,12 +56,34 @@ def gains(results: dict) -> dict[float, float]:
         >>> gains({"rows": rows})
         {0.1: 0.3}
     """
+    return {f: d["gain"] for f, d in gain_details(results).items()}
+
+
+def gain_details(results: dict) -> dict[float, dict]:
+    """Per fraction: the best pretrained method (by mean), its mean gain over scratch, the std of the paired
+    per-subset gains, and on how many labeled subsets it beat scratch (the same subset, so the pairing is fair).
+
+    Example:
+        >>> runs = [{"fraction": 0.1, "method": m, "repeat": r, "accuracy": a} for m, r, a in
+        ...         (("scratch", 0, 0.5), ("scratch", 1, 0.6), ("lora", 0, 0.8), ("lora", 1, 0.55))]
+        >>> rows = [{"fraction": 0.1, "method": "scratch", "accuracy": 0.55},
+        ...         {"fraction": 0.1, "method": "lora", "accuracy": 0.675}]
+        >>> gain_details({"rows": rows, "runs": runs})[0.1]
+        {'method': 'lora', 'gain': 0.125, 'gain_std': 0.2475, 'wins': 1, 'repeats': 2}
+    """
     out = {}
     for f in dict.fromkeys(r["fraction"] for r in results["rows"]):
         cell = {r["method"]: r["accuracy"] for r in results["rows"] if r["fraction"] == f}
-        others = [v for k, v in cell.items() if k != "scratch"]
-        if "scratch" in cell and others:
-            out[f] = round(max(others) - cell["scratch"], 4)
+        others = {k: v for k, v in cell.items() if k != "scratch"}
+        if "scratch" not in cell or not others:
+            continue
+        best = max(others, key=others.get)
+        per_run = {(r["method"], r["repeat"]): r["accuracy"] for r in results.get("runs", []) if r["fraction"] == f}
+        diffs = [per_run[(best, k)] - per_run[("scratch", k)] for (m, k) in per_run
+                 if m == best and ("scratch", k) in per_run]
+        std = round(float(np.std(diffs, ddof=1)), 4) if len(diffs) > 1 else 0.0
+        out[f] = {"method": best, "gain": round(others[best] - cell["scratch"], 4), "gain_std": std,
+                  "wins": sum(d > 0 for d in diffs), "repeats": len(diffs)}
     return out
 
 
@@ -63,7 +98,8 @@ def write_results(results: dict, out: Path) -> dict[str, Path]:
         ['plot', 'results', 'table']
     """
     out.mkdir(parents=True, exist_ok=True)
-    results = {**results, "gain_over_scratch": {str(k): v for k, v in gains(results).items()}}
+    results = {**results, "gain_over_scratch": {str(k): v for k, v in gains(results).items()},
+               "gain_details": {str(k): v for k, v in gain_details(results).items()}}
     paths = {"results": out / RESULTS_NAME, "table": out / TABLE_NAME, "plot": out / PLOT_NAME}
     tmp = paths["results"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2))
@@ -82,10 +118,12 @@ def plot(results: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for method in dict.fromkeys(r["method"] for r in results["rows"]):
         rows = sorted((r for r in results["rows"] if r["method"] == method), key=lambda r: r["fraction"])
-        ax.plot([100 * r["fraction"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=method)
+        ax.errorbar([100 * r["fraction"] for r in rows], [r["accuracy"] for r in rows], capsize=3, marker="o",
+                    yerr=[r.get("accuracy_std", 0.0) for r in rows], label=method)
     ax.set_xscale("log")
     ax.set_xlabel("labeled fraction of the training pool (%)")
-    ax.set_ylabel("held-out accuracy")
+    repeats = max(r.get("repeats", 1) for r in results["rows"])
+    ax.set_ylabel(f"held-out accuracy (mean ± std, {repeats} subsets)" if repeats > 1 else "held-out accuracy")
     ax.set_ylim(0, 1)
     ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance")
     ax.set_title("digits: SSL-pretrained vs from scratch, same budget")
