@@ -20,16 +20,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ._optional import require
-from .core.backbones import Backbone, build_backbone
+from .core.backbones import IMAGENET_NORMALIZE, Backbone, build_backbone
 from .core.checkpoints import atomic_write, load_backbone_weights
 from .core.data import UnlabeledImages
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
+def eval_transform(image_size: int = 64, normalize: dict | None = IMAGENET_NORMALIZE) -> Callable[[Any], torch.Tensor]:
+    """Resize (shorter side) + center crop to ``image_size``, to tensor, ``normalize`` mean/std (None: skip).
 
-def eval_transform(image_size: int = 64) -> Callable[[Any], torch.Tensor]:
-    """Resize (shorter side) + center crop to ``image_size``, to tensor, ImageNet normalisation.
+    Pass ``backbone.normalize`` so features see the inputs the backbone was pretrained on.
 
     Example:
         >>> from PIL import Image
@@ -37,12 +36,10 @@ def eval_transform(image_size: int = 64) -> Callable[[Any], torch.Tensor]:
         (3, 32, 32)
     """
     t = require("torchvision.transforms", "timm")
-    return t.Compose([
-        t.Resize(image_size),
-        t.CenterCrop(image_size),
-        t.ToTensor(),
-        t.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    steps = [t.Resize(image_size), t.CenterCrop(image_size), t.ToTensor()]
+    if normalize:
+        steps.append(t.Normalize(normalize["mean"], normalize["std"]))
+    return t.Compose(steps)
 
 
 def embed(
@@ -76,7 +73,7 @@ def embed(
     # Data first: a wrong folder should fail before any model is built.
     dataset = data if isinstance(data, UnlabeledImages) else UnlabeledImages(data, progress=progress)
     backbone = _backbone(model, weights, image_size)
-    dataset.transform = eval_transform(image_size)
+    dataset.transform = eval_transform(image_size, backbone.normalize)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
                                                                           else "cpu")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -130,7 +127,7 @@ def _write(out: Path, features: np.ndarray, dataset: UnlabeledImages) -> None:
     atomic_write(out / "files.txt", lambda tmp: Path(tmp).write_text(text))
 
 
-__all__ = ["embed", "eval_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["embed", "eval_transform"]
 
 
 class _CallableModule(types.ModuleType):

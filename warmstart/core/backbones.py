@@ -22,6 +22,11 @@ from .._optional import require
 
 FeatureFn = Callable[[nn.Module, Tensor], Tensor]
 FAMILIES = ("torchvision", "timm", "hf", "ultralytics", "custom")
+IMAGENET_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+# What each family's own training pipeline feeds the model; SSL views must match it, or the exported weights
+# (BatchNorm statistics above all) are tuned to inputs the user's fine-tuning never shows them.
+# Ultralytics trains on pixels / 255 with no mean/std step.
+_INPUT_NORMALIZE: dict[str, dict | None] = {"ultralytics": None}
 _TV_CLASSIFIERS = {"fc", "classifier", "head", "heads"}  # where torchvision models keep their classifier
 
 # Tiny transformers configs so "hf/vit" etc. build in milliseconds for tests and demos.
@@ -87,6 +92,17 @@ class Backbone(nn.Module):
                 "return pooled (batch, dim) features. Pass feature_fn=lambda m, x: ... that pools."
             )
         return feats
+
+    @property
+    def normalize(self) -> dict[str, list[float]] | None:
+        """Input mean/std the native framework trains with (``None``: pixels / 255 only, as in Ultralytics).
+
+        Example:
+            >>> from torch import nn
+            >>> Backbone(nn.Flatten(), family="custom", image_size=2).normalize["mean"]
+            [0.485, 0.456, 0.406]
+        """
+        return _INPUT_NORMALIZE.get(self.family, IMAGENET_NORMALIZE)
 
     def native_state_dict(self) -> dict[str, Tensor]:
         """Backbone weights keyed like the native model (e.g. ``layer1.0.conv1.weight``, ``model.0.conv.weight``).

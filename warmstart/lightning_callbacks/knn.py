@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .._optional import require
+from ..core.backbones import IMAGENET_NORMALIZE
 from ..core.ssl import knn_accuracy
 from ..embed import eval_transform
 
@@ -67,11 +68,11 @@ class KNNMonitor(L.Callback):
         self.history: list[tuple[int, float]] = []  # (epoch, accuracy); epoch -1 = before training
         self._loader: DataLoader | None = None
 
-    def dataset(self, image_size: int):
+    def dataset(self, image_size: int, normalize: dict | None = IMAGENET_NORMALIZE):
         """The labeled validation set (class per subfolder) with the deterministic eval transform."""
         from ..core.data import LabeledImageFolder
 
-        dataset = LabeledImageFolder(self.val_data, transform=eval_transform(image_size), progress=False)
+        dataset = LabeledImageFolder(self.val_data, transform=eval_transform(image_size, normalize), progress=False)
         if len(getattr(dataset, "classes", [])) < 2:
             raise ValueError(f"kNN validation folder {self.val_data} needs at least 2 class subfolders")
         return dataset
@@ -79,7 +80,8 @@ class KNNMonitor(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._loader is None:
             size = self.image_size or getattr(getattr(pl_module, "method", None), "image_size", None) or 64
-            self._loader = DataLoader(self.dataset(size), batch_size=self.batch_size, shuffle=False,
+            normalize = getattr(getattr(pl_module, "method", None), "normalize", IMAGENET_NORMALIZE)
+            self._loader = DataLoader(self.dataset(size, normalize), batch_size=self.batch_size, shuffle=False,
                                       num_workers=self.num_workers)
 
     def accuracy(self, pl_module: L.LightningModule) -> float:

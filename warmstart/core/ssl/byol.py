@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._optional import require
-from .common import IMAGENET_NORMALIZE, Method, concat_forward, cosine_momentum, momentum_copy, resolve
+from .common import Method, concat_forward, cosine_momentum, momentum_copy, resolve
 
 
 class BYOL(Method):
@@ -51,7 +51,7 @@ class BYOL(Method):
             "input_size": size,
             "min_scale": resolve(min_scale, 0.2, 0.08, size),
             "cj_strength": resolve(cj_strength, 0.5, 1.0, size),
-            "normalize": IMAGENET_NORMALIZE,
+            "normalize": self.normalize,
         }
         # BYOL's two views are asymmetric (always blurred vs rarely blurred + solarized); small images get no blur.
         self.transform = transforms.BYOLTransform(

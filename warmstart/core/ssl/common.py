@@ -12,13 +12,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..backbones import IMAGENET_NORMALIZE
+
 # At or below this side length an image is "small" (CIFAR-like): the 224 px recipes' strong crops, blur and
 # solarization destroy most of the signal in a 32 px image, so the methods switch to milder defaults.
 SMALL_IMAGE_MAX = 96
-
-# The normalization every method's transform applies (lightly's default, ImageNet statistics); the kNN monitor
-# and warmstart.embed use the same numbers so features are computed on the same input distribution.
-IMAGENET_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def is_small_image(image_size: int) -> bool:
@@ -133,6 +131,9 @@ class Method(nn.Module):
         self.image_size = check_image_size(image_size)
         self.backbone = backbone
         self.feature_dim = feature_dim_of(backbone, self.image_size)
+        # The input statistics of the backbone's own framework (ImageNet mean/std; none for Ultralytics): the
+        # views use them so the exported weights meet the same inputs when the user fine-tunes natively.
+        self.normalize = getattr(backbone, "normalize", IMAGENET_NORMALIZE)
         # Subclasses replace this with their lightly multi-view transform (PIL image -> list of tensors).
         self.transform: Callable | None = None
 

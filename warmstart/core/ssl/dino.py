@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..._optional import require
-from .common import IMAGENET_NORMALIZE, Method, concat_forward, cosine_momentum, momentum_copy, resolve
+from .common import Method, concat_forward, cosine_momentum, momentum_copy, resolve
 
 
 class DINO(Method):
@@ -67,7 +67,7 @@ class DINO(Method):
             cj_strength=0.5,
             gaussian_blur=(1.0, 0.1, 0.5) if blur is None else (blur, blur, blur),
             solarization_prob=resolve(solarization_prob, 0.0, 0.2, size),
-            normalize=IMAGENET_NORMALIZE,
+            normalize=self.normalize,
         )
 
     def training_loss(self, views: Sequence[Tensor]) -> Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..._optional import require
-from .common import IMAGENET_NORMALIZE, Method, feature_dim_of, resolve
+from .common import Method, feature_dim_of, resolve
 
 LOSSES = ("cosine", "mse")
 
@@ -74,7 +74,7 @@ class Distillation(Method):
             min_scale=resolve(min_scale, 0.3, 0.14, size),
             cj_strength=resolve(cj_strength, 0.5, 0.5, size),
             gaussian_blur=resolve(gaussian_blur, 0.0, 0.5, size),
-            normalize=IMAGENET_NORMALIZE,
+            normalize=self.normalize,
         )
         multi_view = require("lightly.transforms.multi_view_transform", "ssl")
         self.transform = multi_view.MultiViewTransform([view])

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..._optional import require
-from .common import IMAGENET_NORMALIZE, Method, concat_forward, resolve
+from .common import Method, concat_forward, resolve
 
 
 class SimCLR(Method):
@@ -52,7 +52,7 @@ class SimCLR(Method):
             min_scale=resolve(min_scale, 0.2, 0.08, self.image_size),
             cj_strength=resolve(cj_strength, 0.5, 1.0, self.image_size),
             gaussian_blur=resolve(gaussian_blur, 0.0, 0.5, self.image_size),
-            normalize=IMAGENET_NORMALIZE,
+            normalize=self.normalize,
         )
 
     def training_loss(self, views: Sequence[Tensor]) -> Tensor:
