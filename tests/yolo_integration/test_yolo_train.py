@@ -141,6 +141,10 @@ def test_yolo_group_lrs_follow_ratios_through_warmup_and_schedule(schedule_run):
     final = {pg["name"]: pg for pg in trainer.optimizer.param_groups}
     for pg in final.values():
         assert pg["lr"] == pytest.approx(pg["initial_lr"] * trainer.lf(2))
+    # The head keeps the optimizer and lr Ultralytics chose itself (optimizer='auto' resolves lr0 per dataset).
+    head_group = next(pg for name, pg in final.items() if roles[name.rsplit("/", 1)[0]] == "head")
+    assert type(trainer.optimizer).__name__ == trainer.args.optimizer
+    assert head_group["initial_lr"] == pytest.approx(trainer.args.lr0) and trainer.args.lr0 != 0.001
 
 
 def test_yolo_training_is_offline_and_config_recorded(schedule_run):

@@ -148,17 +148,20 @@ class WarmstartTrainerMixin:
             return base
         net = unwrap_model(model)
         groups = layer_groups(net)
-        lr = base.defaults["lr"]  # after Ultralytics resolved optimizer='auto'
+        # Ultralytics passes its hyper-parameters (resolved for optimizer='auto') in the param groups, not to the
+        # constructor, so base.defaults holds torch's defaults (AdamW lr 1e-3, SGD momentum 0): read the groups.
+        chosen = base.param_groups[-1]  # a plain group (MuSGD puts its boosted-lr groups first)
+        lr = chosen["lr"]
         if type(base).__name__ == "MuSGD":
             # MuSGD orthogonalises per-tensor updates in its own groups; plain SGD keeps the per-layer lrs exact.
             LOGGER.warning("warmstart: optimizer 'auto' chose MuSGD; using SGD(nesterov) to keep per-layer lrs. "
                            "Pass optimizer='SGD' or 'AdamW' to choose explicitly.")
-            cls, kwargs = optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": True}
+            cls, kwargs = optim.SGD, {"lr": lr, "momentum": chosen.get("momentum", momentum), "nesterov": True}
         else:
             cls = type(base)
-            # the same constructor arguments Ultralytics chose (defaults also hold derived keys the ctor rejects)
             accepted = inspect.signature(cls.__init__).parameters
-            kwargs = {k: v for k, v in base.defaults.items() if k in accepted and k != "params"}
+            skip = {"params", "weight_decay", "param_group"}  # weight decay is set per group by param_groups
+            kwargs = {k: v for k, v in chosen.items() if k in accepted and k not in skip}
         pgs = param_groups(net, lr, weight_decay=decay, groups=groups, **cfgmod.lr_options(groups, self.warmstart, lr))
         for g in pgs:
             # "weight" lets Ultralytics rescale decay if it rebuilds its loader (OOM); never "bias" (module doc)
