@@ -129,6 +129,8 @@ def main() -> None:
         report = {"images_per_s_median": {k: round(v, 1) for k, v in med.items()},
                   "warmstart_over_hand_loop": round(med["warmstart"] / med["hand_loop"], 3),
                   "overhead_percent": round(100 * (1 - med["warmstart"] / med["hand_loop"]), 1),
+                  "per_round_warmstart_over_hand_loop": [round(w / h, 3) for w, h in
+                                                         zip(results["warmstart"], results["hand_loop"])],
                   "setup": {"backbone": "torchvision/resnet18", "image_size": SIZE, "batch_size": BATCH,
                             "images": args.images, "epochs": args.epochs, "rounds": args.rounds,
                             "threads": torch.get_num_threads()}}

@@ -35,14 +35,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=15, help="detection epochs, same for both arms")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Ultralytics train() override for BOTH arms, e.g. optimizer=AdamW (repeatable)")
     return p.parse_args(argv)
 
 
+def _value(text: str):
+    try:
+        return float(text) if "." in text or "e" in text.lower() else int(text)
+    except ValueError:
+        return text
+
+
 def train_detector(yolo, data: Path, out: Path, name: str, args: argparse.Namespace) -> dict:
+    extra = {k: _value(v) for k, v in (a.split("=", 1) for a in args.train_arg)}
     start = time.perf_counter()
     metrics = yolo.train(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, workers=0,
                          device="cpu", plots=False, amp=False, seed=args.seed, project=str(out), name=name,
-                         exist_ok=True, verbose=False)
+                         exist_ok=True, verbose=False, **extra)
     return {"map50_95": round(float(metrics.box.map), 4), "map50": round(float(metrics.box.map50), 4),
             "train_time_s": round(time.perf_counter() - start, 1)}
 
