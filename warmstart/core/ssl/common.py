@@ -5,6 +5,7 @@ Pure torch (+ lightly inside the methods); no Lightning import, so any training 
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
@@ -98,7 +99,7 @@ def resolve(value, small, large, image_size: int):
     return small if is_small_image(image_size) else large
 
 
-class Method(nn.Module):
+class Method(nn.Module, abc.ABC):
     """Base of the SSL methods: a backbone, heads, a multi-view ``transform`` and a loss.
 
     Subclasses set ``name``, build ``self.transform`` (PIL image -> list of view tensors) and implement
@@ -137,9 +138,9 @@ class Method(nn.Module):
         # Subclasses replace this with their lightly multi-view transform (PIL image -> list of tensors).
         self.transform: Callable | None = None
 
-    def training_loss(self, views: Sequence[Tensor]) -> Tensor:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def training_loss(self, views: Sequence[Tensor]) -> Tensor:
         """The loss of one batch; ``views`` is a list of (B, 3, H, W) tensors, one per augmented view."""
-        raise NotImplementedError
 
     def on_step_end(self, step: int, max_steps: int) -> None:
         """Called after each optimizer step (momentum updates); ``step`` counts finished steps."""
