@@ -64,8 +64,13 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--num-nodes", type=int, default=1, help="number of machines (Lightning num_nodes)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, mps")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUT from checkpoints/last.ckpt")
-    p.add_argument("--overwrite", action="store_true", help="replace the results of a previous run in OUT")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from checkpoints/last.ckpt (mid-epoch where it was saved mid-epoch)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in OUT: removes only the files the previous run listed in its manifest")
+    p.add_argument("--checkpoint-every", default="5min", metavar="N|DURATION",
+                   help="also write checkpoints/last.ckpt every N steps or every duration (90s, 5min, 1h); 0: only "
+                        "at epoch ends. Ctrl-C / SIGTERM always write one, then exit with 130 / 143")
     p.add_argument("--val-data", default=None, help="labeled folder (one subfolder per class) for kNN accuracy")
     p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
     p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")
@@ -130,9 +135,20 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         precision=args.precision, num_nodes=args.num_nodes, accelerator=args.accelerator, resume=args.resume,
         overwrite=args.overwrite, val_data=args.val_data, teacher=args.teacher,
         teacher_weights=args.teacher_weights, lr=args.lr, num_workers=args.num_workers, seed=args.seed,
-        progress=not args.no_progress, **dict(args.method_options))
+        progress=not args.no_progress, checkpoint_every=args.checkpoint_every, **dict(args.method_options))
     print(json.dumps({k: v for k, v in summary.items() if k != "knn_history"}, indent=2, default=str))
     return 0
+
+
+def _run_pretrain_until_stopped(args: argparse.Namespace) -> int:
+    from .lightning_callbacks.run_checkpoint import TrainingInterrupted
+
+    try:
+        return _run_pretrain(args)
+    except TrainingInterrupted as stop:
+        # Stopped on request with a checkpoint written: say where and how to continue, exit like the signal did.
+        print(f"warmstart pretrain: {stop}", file=sys.stderr)
+        return stop.exit_code
 
 
 def _run_embed(args: argparse.Namespace) -> int:
@@ -172,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "pretrain":
-            return _run_pretrain(args)
+            return _run_pretrain_until_stopped(args)
         if args.command == "embed":
             return _run_embed(args)
         if args.command == "models":

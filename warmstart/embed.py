@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._optional import require
 from .core.backbones import IMAGENET_NORMALIZE, Backbone, build_backbone
-from .core.checkpoints import atomic_write, load_backbone_weights
+from .core.checkpoints import atomic_write, load_backbone_weights, resolve_weights_path
 from .core.data import UnlabeledImages
 
 
@@ -58,8 +58,9 @@ def embed(
     ``data``: an image folder (recursive), a list of image paths or a Dataset of images. ``model``: a backbone
     spec (``"torchvision/resnet18"``), a model object or a :class:`Backbone`; None takes the spec from
     ``weights``' ``backbone.json``. ``weights``: a warmstart export (file or folder) loaded with
-    ``load_backbone_weights``. With ``out``, writes ``out/embeddings.npy`` and ``out/files.txt`` (one path per
-    row; unreadable files are skipped with a warning, so they have no row).
+    ``load_backbone_weights`` (a missing path raises FileNotFoundError; a damaged file, a ValueError naming it).
+    With ``out``, writes ``out/embeddings.npy`` and ``out/files.txt`` (one path per row; unreadable files are
+    skipped with a warning, so they have no row).
 
     Example:
         >>> import tempfile, numpy as np
@@ -99,18 +100,20 @@ def embed(
 
 
 def _backbone(model: str | nn.Module | None, weights: str | Path | None, image_size: int) -> Backbone:
+    # Resolve the weights first: a missing or empty folder is the real problem, not the omitted model.
+    weights_file = resolve_weights_path(weights) if weights is not None else None
     if model is None:
-        meta = Path(weights) / "backbone.json" if weights is not None else None
+        meta = weights_file.parent / "backbone.json" if weights_file is not None else None
         if meta is None or not meta.is_file():
             raise ValueError("model is required: a spec like 'torchvision/resnet18' or a model object "
-                             "(it can be omitted only when weights is an export folder with backbone.json).")
+                             "(it can be omitted only when weights is an export with backbone.json next to it).")
         spec = json.loads(meta.read_text()).get("spec")
         if not spec:
             raise ValueError(f"{meta} names no spec (the backbone was a custom module); pass model= explicitly.")
         model = spec
     backbone = model if isinstance(model, Backbone) else build_backbone(model, image_size=image_size)
-    if weights is not None:
-        load_backbone_weights(backbone, weights)
+    if weights_file is not None:
+        load_backbone_weights(backbone, weights_file)
     return backbone
 
 

@@ -241,7 +241,7 @@ def test_unfreeze_schedule_state_dict_round_trip():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_groups=0), "num_groups must be >= 1"),
-    (dict(num_groups=3, every=0), "every >= 1"),
+    (dict(num_groups=3, every=0), "every must be >= 1"),
     (dict(num_groups=3, at=[0, 1]), "one unfreeze epoch per group"),
     (dict(num_groups=3, max_groups=4), "max_groups=4"),
 ])

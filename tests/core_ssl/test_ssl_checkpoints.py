@@ -125,6 +125,8 @@ def test_too_few_matches_fail_loudly(resnet_export):
 def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_backbone_weights(nn.Linear(2, 2), tmp_path / "nope.safetensors")
+    with pytest.raises(ValueError, match=f"weights folder {tmp_path / 'exported'} does not exist"):
+        read_weights(tmp_path / "exported")  # also a ValueError: what the front ends raised before
     with pytest.raises(FileNotFoundError, match="backbone.safetensors"):
         read_weights(tmp_path)
     (tmp_path / "w.npz").write_bytes(b"x")

@@ -1,21 +1,27 @@
 """Save, export and load backbone weights in the native model's own key layout.
 
-An export must be usable without warmstart (DESIGN rule 6): ``backbone.safetensors`` / ``backbone.pt`` hold a
-plain state dict keyed exactly like the library's model (``layer1.0.conv1.weight`` for torchvision,
+An export must be usable without warmstart (ARCHITECTURE.md rule 6): ``backbone.safetensors`` / ``backbone.pt``
+hold a plain state dict keyed exactly like the library's model (``layer1.0.conv1.weight`` for torchvision,
 ``model.0.conv.weight`` for a YOLO DetectionModel), so ``resnet18().load_state_dict(sd, strict=False)`` works.
-Loading the other way (:func:`load_backbone_weights`) finds where the backbone lives inside a bigger model
-(``backbone.``, ``model.``, ``vit.``) and refuses silent partial loads (DESIGN rule 8).
+
+Every weights read in warmstart goes through :func:`read_weights` (a damaged, truncated or unsafe file is a
+``ValueError`` naming the file and the problem) and every load through :func:`load_backbone_weights`, which
+matches keys whatever wrapped the model (peft LoRA, ``PeftModel``, DDP, ``torch.compile``, a Lightning
+``backbone.`` attribute; see :mod:`warmstart.core.weight_keys`) and refuses partial loads unless they are asked
+for (ARCHITECTURE.md rule 8).
 
 Writes are atomic: a crash mid-write never leaves a truncated file where a good one is expected.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
-import tempfile
-from collections import Counter
-from collections.abc import Callable, Mapping
+import secrets
+import stat
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +29,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import weight_files
 from .backbones import Backbone, build_backbone
+from .weight_keys import (
+    canonical_key,
+    canonical_names,
+    check_patterns,
+    describe_by_group,
+    find_prefixes,
+    head_keys,
+    is_adapter_key,
+    key_groups,
+    matches_any,
+)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-# Keys that may stay at their initial values in the target: the task head a fine-tune trains from scratch.
-_HEAD_WORDS = ("fc", "classifier", "head", "heads", "logits", "pooler")
+EXPORT_FILES = ("backbone.safetensors", "backbone.pt")  # what an export folder resolves to, in this order
+log = logging.getLogger(__name__)
+
+
+class WeightsNotFoundError(FileNotFoundError, ValueError):
+    """A weights path that does not exist. Also a ValueError: the front ends raised that for it before."""
 
 
 @dataclass
@@ -36,6 +58,7 @@ class LoadReport:
 
     ``matched``: target keys that received a tensor. ``missing``: target keys (under ``prefix``) left as they
     were. ``unexpected``: export keys with no counterpart in the target. ``total_backbone``: tensors in the export.
+    ``adapters``: LoRA adapter tensors of the model the export has nothing for (new, like a task head).
 
     Example:
         >>> r = LoadReport(matched=["a", "b"], missing=["fc.weight"], unexpected=[], total_backbone=2)
@@ -50,6 +73,7 @@ class LoadReport:
     prefix: str = ""
     source_prefix: str = ""
     mismatched: list[str] = field(default_factory=list)
+    adapters: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for logs: how many tensors transferred, and what was left out.
@@ -64,6 +88,8 @@ class LoadReport:
                f"{len(self.unexpected)} unexpected"
         if self.mismatched:
             text += f"; {len(self.mismatched)} skipped for shape: {_preview(self.mismatched)}"
+        if self.adapters:
+            text += f"; {len(self.adapters)} LoRA adapter tensors start new"
         return text + ")"
 
 
@@ -94,12 +120,42 @@ def save_weights(state_dict: Mapping[str, Tensor], path: str | Path, *, metadata
     return path
 
 
-def read_weights(path: str | Path) -> dict[str, Tensor]:
+def resolve_weights_path(path: str | os.PathLike) -> Path:
+    """The weights file ``path`` names: the file itself, or an export folder's ``backbone.safetensors`` / ``.pt``.
+
+    Raises :class:`WeightsNotFoundError` (a FileNotFoundError) naming the path when nothing is there, and a
+    ValueError for a file type warmstart does not read.
+
+    Example:
+        >>> import tempfile, torch
+        >>> d = tempfile.mkdtemp()
+        >>> resolve_weights_path(save_weights({"w": torch.ones(1)}, f"{d}/backbone.pt")) == resolve_weights_path(d)
+        True
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in EXPORT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise WeightsNotFoundError(f"{path} is a folder without {' or '.join(EXPORT_FILES)}; pass the weights "
+                                   "file itself or a warmstart export folder.")
+    if not path.is_file():
+        kind = "file" if path.suffix in WEIGHT_SUFFIXES else "folder" if not path.suffix else "path"
+        raise WeightsNotFoundError(
+            f"weights {kind} {path} does not exist. Pass a .safetensors/.pt file or the export folder written by "
+            "`warmstart pretrain` (e.g. <out>/exported or <out>/exported/backbone.safetensors).")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{path}: unsupported weights file type {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}.")
+    return path
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file (``.pt``/``.pth``/``.bin``/``.ckpt``).
 
     Torch files are only read with ``torch.load(weights_only=True)`` (no code from the file runs). Wrappers are
     unwrapped: a Lightning checkpoint's ``state_dict``, ``{"model": state_dict}``, ``{"model_state_dict": ...}``.
-    A directory means the warmstart export inside it (``backbone.safetensors``, else ``backbone.pt``).
+    A directory means the warmstart export inside it (``backbone.safetensors``, else ``backbone.pt``). A file
+    that is truncated, not a weights file, or would need code to unpickle raises a ValueError naming the file.
 
     Example:
         >>> import tempfile, torch
@@ -108,20 +164,10 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
         >>> list(read_weights(p))
         ['layer.w']
     """
-    path = _resolve_weights_path(Path(path))
+    path = resolve_weights_path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) ({type(err).__name__}: {err}). warmstart "
-            "never unpickles arbitrary objects. Save a plain state dict instead: "
-            "torch.save(model.state_dict(), 'weights.pt') or warmstart.core.checkpoints.save_weights(...)."
-        ) from err
-    return _unwrap(obj, path)
+        return weight_files.read_safetensors(path)
+    return _unwrap(weight_files.read_torch(path), path)
 
 
 def export_backbone(backbone: Backbone | nn.Module, out_dir: str | Path) -> dict[str, Path]:
@@ -130,7 +176,8 @@ def export_backbone(backbone: Backbone | nn.Module, out_dir: str | Path) -> dict
     Hugging Face backbones also get the model's ``config.json``. Returns the written paths by kind.
 
     The state dict is ``backbone.native_state_dict()``: it loads into the library's own model class with
-    ``load_state_dict(sd, strict=False)``, only the classifier / detection head missing.
+    ``load_state_dict(sd, strict=False)``, only the classifier / detection head missing. A backbone with LoRA
+    adapters is exported merged, and wrapper names (``_orig_mod.``) are dropped, so that stays true.
 
     Example:
         >>> import tempfile
@@ -143,7 +190,7 @@ def export_backbone(backbone: Backbone | nn.Module, out_dir: str | Path) -> dict
         backbone = build_backbone(backbone)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = backbone.native_state_dict()
+    state = _native_export_state(backbone)
     meta = {
         "format": "warmstart-backbone/1",
         "spec": backbone.spec,
@@ -169,22 +216,32 @@ def export_backbone(backbone: Backbone | nn.Module, out_dir: str | Path) -> dict
 
 def load_backbone_weights(
     model: nn.Module,
-    path_or_state: str | Path | Mapping[str, Tensor],
+    path_or_state: str | os.PathLike | Mapping[str, Tensor],
     *,
-    min_match: float = 0.9,
+    min_match: float = 1.0,
     prefix: str | None = None,
     strict_shapes: bool = True,
+    allow_missing: str | Sequence[str] | None = None,
 ) -> LoadReport:
     """Load exported backbone weights into ``model`` (in place) and report what transferred.
 
     ``model`` is the native model (``resnet18()``, a timm model, a YOLO ``DetectionModel``), a :class:`Backbone`,
     or any model holding the native backbone under a prefix (``self.backbone = resnet18()`` -> ``backbone.``),
     which is found automatically unless ``prefix`` is given. A checkpoint whose keys carry an extra prefix
-    (a Lightning ``.ckpt`` with ``backbone.model.``) is matched the same way.
+    (a Lightning ``.ckpt`` with ``backbone.model.``) is matched the same way, and wrapper names on either side
+    (peft ``base_layer.`` / ``base_model.model.``, DDP ``module.``, ``torch.compile`` ``_orig_mod.``) are ignored.
 
-    Raises ValueError when a tensor's shape differs (unless ``strict_shapes=False``: then it is skipped and
-    listed), when fewer than ``min_match`` of the export's tensors find a place in the model, or when more than
-    ``1 - min_match`` of the model's non-head tensors under the prefix get nothing from the export.
+    The load is complete or it raises: every export tensor must find its place, and every model tensor under
+    the prefix must receive one, except the task head/neck (``fc``, ``classifier``, a YOLO neck and Detect head:
+    layer groups the export supplies nothing to) and new LoRA adapters. Partial loads are explicit:
+
+    - ``allow_missing``: fnmatch patterns or regexes of tensors allowed to go without a counterpart (model
+      tensors keeping their initial values, or export tensors with no place in the model);
+    - ``min_match``: the tolerance for a transfer across architectures, the fraction of export tensors that must
+      find a place and of the model's non-head tensors that must receive one (1.0: all).
+
+    What a tolerated partial load leaves out is logged at WARNING, grouped by layer group. A shape difference
+    raises unless ``strict_shapes=False`` (then the tensor is skipped and listed in ``mismatched``).
 
     Example:
         >>> import torchvision
@@ -196,54 +253,116 @@ def load_backbone_weights(
     """
     if not 0.0 <= min_match <= 1.0:
         raise ValueError(f"min_match must be a fraction in [0, 1], got {min_match}")
-    source = read_weights(path_or_state) if isinstance(path_or_state, (str, Path)) else dict(path_or_state)
+    patterns = check_patterns(allow_missing)
+    is_path = isinstance(path_or_state, (str, os.PathLike))
+    where = str(path_or_state) if is_path else "the given state dict"
+    source = read_weights(path_or_state) if is_path else dict(path_or_state)
     if not source:
-        raise ValueError("the weights to load are empty (no tensors).")
+        raise ValueError(f"the weights to load are empty: {where} holds no tensors.")
     target_module = model.model if isinstance(model, Backbone) else model
     target = target_module.state_dict()
+    src, tgt = canonical_names(source), canonical_names(target)
     if prefix:
-        prefix = prefix if prefix.endswith(".") else prefix + "."
-    add, strip = _find_prefixes(list(source), list(target), prefix)
+        prefix = canonical_key(prefix if prefix.endswith(".") else prefix + ".")
+    add, strip = find_prefixes(list(src), list(tgt), prefix)
 
-    backbone_keys = [k for k in source if k.startswith(strip)]
+    def allowed(*names: str) -> bool:
+        return matches_any(names[0], patterns) or any(matches_any(n, patterns) for n in names[1:])
+
+    backbone_keys = [k for k in src if k.startswith(strip)]
     to_load: dict[str, Tensor] = {}
-    matched, unexpected, mismatched = [], [], []
+    loaded: set[str] = set()  # canonical target names
+    matched, unexpected, mismatched, skipped = [], [], [], set()
     for key in backbone_keys:
-        name = add + key[len(strip):]
-        if name not in target:
-            unexpected.append(key)
-        elif tuple(target[name].shape) != tuple(source[key].shape):
-            mismatched.append(f"{name}: export {tuple(source[key].shape)} vs model {tuple(target[name].shape)}")
+        name, value = add + key[len(strip):], source[src[key][0]]
+        if name not in tgt:
+            unexpected.append(src[key][0])
+        elif tuple(target[tgt[name][0]].shape) != tuple(value.shape):
+            shape = tuple(target[tgt[name][0]].shape)
+            mismatched.append(f"{tgt[name][0]}: export {tuple(value.shape)} vs model {shape}")
+            skipped.add(name)
         else:
-            to_load[name] = source[key]
-            matched.append(name)
+            to_load.update(dict.fromkeys(tgt[name], value))  # peft keeps two copies of a saved head: fill both
+            matched.append(tgt[name][0])
+            loaded.add(name)
     if mismatched and strict_shapes:
         raise ValueError(
-            f"{len(mismatched)} backbone tensors have a different shape in the model than in the export, e.g. "
+            f"{len(mismatched)} backbone tensors have a different shape in the model than in {where}, e.g. "
             f"{'; '.join(mismatched[:3])}. The export comes from a different architecture or size (e.g. yolov8s vs "
             "yolov8n, resnet50 vs resnet18): build the model from the same spec/yaml the backbone was trained with."
         )
-    report = LoadReport(matched=matched, missing=[], unexpected=unexpected, total_backbone=len(backbone_keys),
-                        prefix=add, source_prefix=strip, mismatched=mismatched)
-    scope = [k for k in target if k.startswith(add)]
-    report.missing = [k for k in scope if k not in to_load]
-    if len(matched) < min_match * len(backbone_keys):
+    stray_adapters = [k for k in unexpected if is_adapter_key(k) and not allowed(k, canonical_key(k))]
+    if stray_adapters:
         raise ValueError(
-            f"only {len(matched)} of the export's {len(backbone_keys)} backbone tensors match the model "
-            f"(need {min_match:.0%}). Export keys look like {_preview(backbone_keys)}; model keys look like "
-            f"{_preview(list(target))}. Load into the same architecture, or pass prefix='<where the backbone "
-            "lives in your model>.'."
+            f"{where} holds {len(stray_adapters)} unmerged LoRA adapter tensors ({_preview(stray_adapters)}) and "
+            "the model has no LoRA layers for them: loading only the base weights would silently drop what the "
+            "adapters learned. Merge before saving (warmstart.core.merge_lora(model); export_backbone does it), "
+            "or apply_lora(model, ...) with the same targets before loading."
         )
-    not_head = _non_head_missing(target_module, report.missing, add)
-    body = len([k for k in scope if k not in set(report.missing) - set(not_head)])
-    if body and len(not_head) > (1.0 - min_match) * body:
+    unplaced = [k for k in unexpected if not allowed(k, canonical_key(k))]
+    if len(backbone_keys) - len(unplaced) < min_match * len(backbone_keys):
         raise ValueError(
-            f"the export covers too little of the model: {len(not_head)} of its {body} non-head tensors"
-            f"{' under ' + repr(add) if add else ''} would keep their initial values ({_preview(not_head)}). "
-            "The export is from a smaller or different architecture; build the model from the export's spec."
+            f"only {len(matched)} of the export's {len(backbone_keys)} backbone tensors in {where} match the model "
+            f"(need {min_match:.0%}); no place for {_preview(unplaced)}. Model keys look like "
+            f"{_preview(list(target))}. Load into the same architecture, pass prefix='<where the backbone lives in "
+            "your model>.', allow_missing=[patterns] for tensors you mean to drop, or min_match=<fraction> for a "
+            "transfer across architectures."
+        )
+
+    scope = [n for n in tgt if n.startswith(add) and not is_adapter_key(n)]
+    missing = [n for n in scope if n not in loaded]
+    groups = key_groups(target_module, scope, add) if missing else {}
+    head = head_keys(missing, loaded, groups, add, by_role=not isinstance(model, Backbone))
+    body = len(scope) - len(head)
+    gaps = [n for n in missing if n not in head and n not in skipped]  # skipped: strict_shapes=False asked for it
+    refused = [n for n in gaps if not allowed(n, n[len(add):], tgt[n][0])]
+    if body and len(refused) > (1.0 - min_match) * body:
+        raise ValueError(
+            f"the export covers too little of the model: {len(refused)} of its {body} non-head tensors"
+            f"{' under ' + repr(add) if add else ''} would keep their initial values after loading {where}. "
+            f"By layer group: {describe_by_group(refused, groups)}. Load an export of the same architecture, or "
+            f"ask for a partial load: allow_missing={[n[len(add):] for n in refused[:3]]!r} (patterns like "
+            "'layer4.*' work), or min_match=<fraction> for a transfer across architectures."
         )
     target_module.load_state_dict(to_load, strict=False)
-    return report
+    if gaps or unexpected or (mismatched and not strict_shapes):
+        log.warning("partial weight load from %s: %d model tensors keep their initial values (%s); %d export "
+                    "tensors not loaded (%s)", where, len(gaps), describe_by_group(gaps, groups) or "none",
+                    len(unexpected) + len(mismatched), _preview(unexpected + mismatched) or "none")
+    return LoadReport(matched=matched, missing=[tgt[n][0] for n in missing], unexpected=unexpected,
+                      total_backbone=len(backbone_keys), prefix=add, source_prefix=strip, mismatched=mismatched,
+                      adapters=[k for n in tgt if n.startswith(add) and is_adapter_key(n) and n not in loaded
+                                for k in tgt[n]])
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then ``os.replace`` it into place.
+
+    ``os.replace`` is atomic on POSIX and Windows: readers see the old file or the complete new one, never
+    a partial write; if ``write`` raises, the temporary file is removed and ``path`` is untouched. The file gets
+    the permissions a plain ``open(path, "w")`` would give it: ``0o666 & ~umask`` when new, the old mode when it
+    replaces a file.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> p = atomic_write(Path(tempfile.mkdtemp()) / "a.txt", lambda tmp: tmp.write_text("done"))
+        >>> p.read_text()
+        'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp_file(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)
+    try:
+        write(tmp)
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:  # a writer that replaced tmp (safetensors does) made it 0o600
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -251,6 +370,26 @@ def load_backbone_weights(
 
 def _preview(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def _new_temp_file(path: Path) -> Path:
+    """An empty file next to ``path`` created like ``open()`` would (mode 0o666, less the umask).
+
+    ``tempfile.mkstemp`` creates 0o600 files: an export shared with a team, or read by a serving user, would
+    be unreadable to them. Creating with ``os.open(..., 0o666)`` lets the kernel apply the umask.
+    """
+    keep_mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else None
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        if keep_mode is not None:
+            os.chmod(tmp, keep_mode)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
 def _plain_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -270,46 +409,18 @@ def _plain_tensors(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then ``os.replace`` it into place.
+def _native_export_state(backbone: Backbone) -> dict[str, Tensor]:
+    """``native_state_dict()`` without LoRA adapters (merged in) or wrapper names: what the plain model loads."""
+    state = backbone.native_state_dict()
+    if all(canonical_key(k) == k and not is_adapter_key(k) for k in state):
+        return state
+    if any(is_adapter_key(k) for k in state):
+        from .lora import merge_lora
 
-    ``os.replace`` is atomic on POSIX and Windows: readers see the old file or the complete new one, never
-    a partial write; if ``write`` raises, the temporary file is removed and ``path`` is untouched.
-
-    Example:
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> p = atomic_write(Path(tempfile.mkdtemp()) / "a.txt", lambda tmp: tmp.write_text("done"))
-        >>> p.read_text()
-        'done'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _resolve_weights_path(path: Path) -> Path:
-    if path.is_dir():
-        for name in ("backbone.safetensors", "backbone.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path} is a directory without backbone.safetensors or backbone.pt; "
-                                "pass the weights file itself or a warmstart export directory.")
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist. Pass the path of a .safetensors or .pt file "
-                                "(e.g. <pretrain out>/exported/backbone.safetensors).")
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"{path}: unsupported weights file type {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}.")
-    return path
+        merged = copy.deepcopy(backbone)  # the caller's model keeps training with its adapters
+        merged.model = merge_lora(merged.model)
+        state = merged.native_state_dict()
+    return {canonical_key(k): v for k, v in state.items()}
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -323,65 +434,6 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
         if inner is None:
             break
         obj = inner
-    raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors), nor one under "
-                     "'state_dict' / 'model' / 'model_state_dict'.")
+    raise ValueError(f"{path} is not a weights file: it does not hold a state dict (a mapping of names to "
+                     "tensors), nor one under 'state_dict' / 'model' / 'model_state_dict'.")
 
-
-def _suffix_candidates(keys: list[str], others: set[str]) -> Counter:
-    """Prefixes p with p + o == k for k in keys, o in others, counted by how many keys they explain."""
-    found: Counter = Counter()
-    for key in keys:
-        pos = key.find(".")
-        while pos != -1:
-            if key[pos + 1:] in others:
-                found[key[: pos + 1]] += 1
-            pos = key.find(".", pos + 1)
-    return found
-
-
-def _find_prefixes(source: list[str], target: list[str], prefix: str | None) -> tuple[str, str]:
-    """Best (prefix to add to export keys, prefix to strip from them) by the number of names that match."""
-    src = set(source)
-    adds = [prefix] if prefix is not None else [""] + [p for p, _ in _suffix_candidates(target, src).most_common(5)]
-    best = ("", "")
-    best_score = -1
-    for add in adds:
-        view = {t[len(add):] for t in target if t.startswith(add)}
-        strips = [""] + [p for p, _ in _suffix_candidates(source, view).most_common(5)]
-        for strip in strips:
-            score = sum(1 for s in source if s.startswith(strip) and s[len(strip):] in view)
-            # Ties keep the earlier candidate: "" (no prefix) is tried first, then by keys explained.
-            if score > best_score:
-                best, best_score = (add, strip), score
-    return best
-
-
-def _non_head_missing(model: nn.Module, missing: list[str], prefix: str) -> list[str]:
-    """Missing keys that are not a task head/neck (which a fine-tune legitimately trains from scratch)."""
-    if not missing:
-        return []
-    sub = model
-    if prefix:
-        try:
-            sub = model.get_submodule(prefix.rstrip("."))
-        except AttributeError:
-            sub = model
-    head_modules: list[str] = []
-    try:
-        from .layers import layer_groups
-
-        for g in layer_groups(sub):
-            if g.role in ("head", "neck"):
-                head_modules += [m + "." for m in g.module_names] + list(g.param_names)
-    except Exception:  # layer map is a hint here; the name rule below still applies
-        head_modules = []
-    out = []
-    for key in missing:
-        rel = key[len(prefix):] if sub is not model else key
-        parts = set(rel.split(".")[:-1])
-        if parts & set(_HEAD_WORDS) or any(rel == h or rel.startswith(h) for h in head_modules if h.endswith(".")):
-            continue
-        if rel in head_modules:
-            continue
-        out.append(key)
-    return out

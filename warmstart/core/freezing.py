@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from .layers import LayerGroup, group_names, layer_groups
+from .validation import check_has_parameters, check_non_negative, check_positive_int, check_range
 
 BN_POLICIES = ("eval", "train")
 GroupSelector = int | str | Sequence[int | str] | None
@@ -66,6 +67,37 @@ def select_groups(groups: Sequence[LayerGroup], selector: GroupSelector) -> list
     return sorted(picked)
 
 
+def check_freeze_options(groups: GroupSelector = None, pattern: str | None = None, bn: str = "eval") -> None:
+    """Raise ``ValueError`` for a selector, regex or BatchNorm policy that no model could accept.
+
+    Needs no model, so front ends call it in their constructors; names that need the model (an unknown
+    group, a regex matching nothing) are checked by :func:`freeze` itself.
+
+    Example:
+        >>> check_freeze_options("all_but_head", pattern=r"^layer4")
+        >>> check_freeze_options(pattern="(")
+        Traceback (most recent call last):
+        ...
+        ValueError: pattern '(' is not a valid regex: ...
+    """
+    if bn not in BN_POLICIES:
+        raise ValueError(f"bn must be one of {BN_POLICIES}, got {bn!r}")
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            raise ValueError(f"pattern must be a regex string over parameter names, got {pattern!r}")
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"pattern {pattern!r} is not a valid regex: {err}") from err
+    if groups is None or isinstance(groups, str):
+        return
+    items = list(groups) if isinstance(groups, Sequence) else [groups]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise ValueError(f"group selector {item!r} must be an int index, a group name or regex, or a list of "
+                             "those (or 'all', 'all_but_head')")
+
+
 def _regex_hits(names: Sequence[str], pattern: str) -> list[int]:
     try:
         rx = re.compile(pattern)
@@ -105,8 +137,8 @@ def freeze(model: nn.Module, groups: GroupSelector = "all_but_head", *, pattern:
         >>> _ = m.train(); m.bn1.training, m.fc.weight.requires_grad
         (False, True)
     """
-    if bn not in BN_POLICIES:
-        raise ValueError(f"bn must be one of {BN_POLICIES}, got {bn!r}")
+    check_freeze_options(groups, pattern, bn)
+    check_has_parameters(model, "freeze")  # else it would silently freeze nothing
     if pattern is not None and groups == "all_but_head":
         groups = None  # a pattern alone means "exactly these parameters"
     lg = layer_groups(model, layer_patterns)
@@ -133,6 +165,8 @@ def unfreeze(model: nn.Module, groups: GroupSelector = "all", *, pattern: str | 
         >>> m.layer4[0].conv1.weight.requires_grad, m.layer3[0].conv1.weight.requires_grad
         (True, False)
     """
+    check_freeze_options(groups, pattern)
+    check_has_parameters(model, "unfreeze")
     if pattern is not None and groups == "all":
         groups = None
     lg = layer_groups(model, layer_patterns)
@@ -158,6 +192,7 @@ def frozen_groups(model: nn.Module, layer_patterns: Sequence[str] | None = None)
         >>> frozen_groups(m)
         ['stem', 'layer1']
     """
+    check_has_parameters(model, "frozen_groups")
     params = dict(model.named_parameters())
     return [g.name for g in layer_groups(model, layer_patterns)
             if all(not params[n].requires_grad for n in g.param_names)]
@@ -273,17 +308,21 @@ class UnfreezeSchedule:
     max_groups: int | None = None
 
     def __post_init__(self) -> None:
-        if self.num_groups < 1:
-            raise ValueError(f"num_groups must be >= 1, got {self.num_groups}")
-        if self.head_epochs < 0 or self.every < 1:
-            raise ValueError(f"head_epochs must be >= 0 and every >= 1 (got {self.head_epochs}, {self.every})")
+        check_positive_int("num_groups", self.num_groups)
+        # Epochs may be fractional (the unit is the caller's), but NaN would compare False forever: never unfreeze.
+        check_non_negative("head_epochs", self.head_epochs)
+        check_range("every", self.every, 1)
         if self.at is not None:
+            for i, a in enumerate(self.at):
+                check_range(f"at[{i}]", a)
             self.at = [int(a) for a in self.at]
             if len(self.at) != self.num_groups:
                 raise ValueError(
                     f"`at` lists {len(self.at)} epochs but the model has {self.num_groups} layer groups; "
                     "give one unfreeze epoch per group (input to output)."
                 )
+        if self.max_groups is not None:
+            check_positive_int("max_groups", self.max_groups)
         if self.max_groups is not None and not 1 <= self.max_groups <= self.num_groups:
             raise ValueError(
                 f"max_groups={self.max_groups} must be between 1 and the model's {self.num_groups} layer groups"
@@ -335,6 +374,7 @@ def apply_schedule(model: nn.Module, schedule: UnfreezeSchedule, epoch: int, *, 
         >>> apply_schedule(m, s, epoch=1)
         [4, 5]
     """
+    check_has_parameters(model, "apply_schedule")
     groups = layer_groups(model, layer_patterns)
     if len(groups) != schedule.num_groups:
         raise ValueError(

@@ -9,18 +9,39 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .._optional import require
 from .layers import layer_groups
+from .validation import check_finite_positive, check_has_parameters, check_positive_int, check_range
 
 Targets = str | Sequence[str]
 
 
+def check_lora_options(r: Any, alpha: Any, dropout: Any) -> None:
+    """Raise ``ValueError`` for a LoRA setting that cannot train; needs no model, so front ends call it early.
+
+    ``alpha`` must be > 0: the adapter output is scaled by ``alpha / r``, so ``alpha=0`` gives the adapters no
+    gradient and they never move (a silent no-op fine-tune).
+
+    Example:
+        >>> check_lora_options(r=8, alpha=16, dropout=0.1)
+        >>> check_lora_options(r=8, alpha=0, dropout=0.1)
+        Traceback (most recent call last):
+        ...
+        ValueError: LoRA alpha must be > 0 and finite, got 0
+    """
+    check_positive_int("LoRA rank r", r)
+    check_finite_positive("LoRA alpha", alpha)
+    check_range("LoRA dropout", dropout, 0, 1, high_open=True)  # p=1 drops every input: adapters see zeros
+
+
 def _head_modules(model: nn.Module) -> list[str]:
     """Module names that make up the head group (never adapted; kept fully trainable)."""
+    check_has_parameters(model, "LoRA")  # else layer_groups(model)[-1] is an IndexError
     head = layer_groups(model)[-1]
     real = [m for m in head.module_names if m and _is_module(model, m)]
     if real and all(any(_under(n, real) for n in [p]) for p in head.param_names):
@@ -108,9 +129,8 @@ def lora_config(model: nn.Module, r: int = 8, alpha: int = 16, targets: Targets 
         >>> sorted(cfg.target_modules), cfg.modules_to_save
         (['0', '2'], ['3'])
     """
+    check_lora_options(r, alpha, dropout)
     peft = require("peft", "hf")
-    if r < 1:
-        raise ValueError(f"LoRA rank r must be >= 1, got {r}")
     head = list(head) if head is not None else _head_modules(model)
     return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                            target_modules=_exact_targets(model, find_lora_targets(model, targets)),
@@ -153,6 +173,7 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: int = 16, targets: Targets =
         >>> trainable_summary(m)["percent"] < 20
         True
     """
+    check_lora_options(r, alpha, dropout)
     peft = require("peft", "hf")
     head = list(head) if head is not None else _head_modules(model)
     config = lora_config(model, r=r, alpha=alpha, targets=targets, dropout=dropout, head=head)

@@ -11,11 +11,13 @@ pass ``scale_key="warmstart_lr_scale"`` so the scale is recorded under a key tim
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
 from .layers import LayerGroup, group_names, layer_groups
+from .validation import check_finite_positive, check_has_parameters, check_non_negative, check_range
 
 # Tensors that should never be weight-decayed: decaying positional/class embeddings or norm scales
 # towards zero hurts transfer (standard practice in BERT, ViT and timm recipes).
@@ -35,6 +37,35 @@ def is_no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias") or any(k in name for k in _NO_DECAY_NAMES)
 
 
+def check_lr_options(*, lr: Any = None, layer_decay: Any = None, group_lrs: Any = None,
+                     backbone_lr_ratio: Any = None, weight_decay: Any = None) -> None:
+    """Raise ``ValueError`` for a bad number among :func:`param_groups`' options (``None`` = not given).
+
+    Needs no model, so front ends call it in their constructors: a NaN fails where the user wrote it.
+
+    Example:
+        >>> check_lr_options(lr=1e-3, layer_decay=0.8, weight_decay=0.05)
+        >>> check_lr_options(group_lrs={"head": float("inf")})
+        Traceback (most recent call last):
+        ...
+        ValueError: group_lrs['head'] must be >= 0 and finite, got inf
+    """
+    if lr is not None:
+        check_finite_positive("lr", lr)
+    if layer_decay is not None:
+        # 0 would give every non-head group lr 0; above 1 would train the stem faster than the head.
+        check_range("layer_decay", layer_decay, 0, 1, low_open=True, hint="0.65-0.9 is typical")
+    if backbone_lr_ratio is not None:
+        check_non_negative("backbone_lr_ratio", backbone_lr_ratio)
+    if weight_decay is not None:
+        check_non_negative("weight_decay", weight_decay)
+    if group_lrs is not None:
+        if not isinstance(group_lrs, Mapping):
+            raise ValueError(f"group_lrs must be a dict {{group name or regex: lr}}, got {group_lrs!r}")
+        for key, value in group_lrs.items():
+            check_non_negative(f"group_lrs[{key!r}]", value)  # 0 is allowed: it freezes a group by lr
+
+
 def group_scales(groups: Sequence[LayerGroup], lr: float, *, layer_decay: float | None = None,
                  group_lrs: dict[str, float] | None = None,
                  backbone_lr_ratio: float | None = None) -> list[float]:
@@ -48,16 +79,12 @@ def group_scales(groups: Sequence[LayerGroup], lr: float, *, layer_decay: float 
     given = [x is not None for x in (layer_decay, group_lrs, backbone_lr_ratio)]
     if sum(given) > 1:
         raise ValueError("pass only one of layer_decay, group_lrs, backbone_lr_ratio")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    check_finite_positive("lr", lr)  # required here: None is not "not given"
+    check_lr_options(layer_decay=layer_decay, group_lrs=group_lrs, backbone_lr_ratio=backbone_lr_ratio)
     n = len(groups)
     if layer_decay is not None:
-        if not 0 < layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay} (0.65-0.9 is typical)")
         return [layer_decay ** (n - 1 - i) for i in range(n)]
     if backbone_lr_ratio is not None:
-        if not backbone_lr_ratio >= 0:
-            raise ValueError(f"backbone_lr_ratio must be >= 0, got {backbone_lr_ratio}")
         return [1.0 if g.role == "head" else backbone_lr_ratio for g in groups]
     if group_lrs is not None:
         return _scales_from_group_lrs(groups, lr, group_lrs)
@@ -68,8 +95,6 @@ def _scales_from_group_lrs(groups: Sequence[LayerGroup], lr: float, group_lrs: d
     names = group_names(groups)
     scales = [1.0] * len(groups)
     for key, value in group_lrs.items():
-        if value < 0:
-            raise ValueError(f"group_lrs[{key!r}] must be >= 0, got {value}")
         if key in names:
             hits = [names.index(key)]
         else:
@@ -104,6 +129,11 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float | None = Non
         >>> [(g["name"], g["lr"]) for g in opt.param_groups][-2:]
         [('head/decay', 0.001), ('head/no_decay', 0.001)]
     """
+    # Checked before the layer map is built: an empty model would otherwise give [] and a NaN lr NaN weights.
+    check_has_parameters(model, "param_groups")
+    check_finite_positive("lr", lr)
+    check_lr_options(layer_decay=layer_decay, group_lrs=group_lrs, backbone_lr_ratio=backbone_lr_ratio,
+                     weight_decay=weight_decay)
     groups = list(groups) if groups is not None else layer_groups(model, layer_patterns)
     scales = group_scales(groups, lr, layer_decay=layer_decay, group_lrs=group_lrs,
                           backbone_lr_ratio=backbone_lr_ratio)

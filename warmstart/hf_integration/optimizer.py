@@ -29,6 +29,8 @@ from warmstart._optional import require
 require("transformers")
 
 from warmstart.core import layer_groups, param_groups  # noqa: E402
+from warmstart.core.param_groups import check_lr_options  # noqa: E402
+from warmstart.core.validation import check_finite_positive, check_has_parameters  # noqa: E402
 
 
 class LayerDecayOptimizer:
@@ -78,6 +80,9 @@ def llrd_optimizer(model: nn.Module, lr: float, layer_decay: float = 0.8, weight
     """
     if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise ValueError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
+    check_finite_positive("lr", lr)
+    check_lr_options(layer_decay=layer_decay, weight_decay=weight_decay)
+    check_has_parameters(model, "llrd_optimizer")
     groups = layer_groups(model, layer_patterns)
     if len(groups) < 2:
         raise ValueError(

@@ -64,10 +64,16 @@ def image_classifier_from_export(export_dir: str | os.PathLike, num_labels: int,
         >>> type(model).__name__, len(report.matched) == report.total_backbone
         ('ViTForImageClassification', True)
     """
+    from warmstart.core import checkpoints
+
     transformers = require("transformers")
     folder = Path(export_dir)
+    if not folder.is_dir():
+        raise checkpoints.WeightsNotFoundError(
+            f"export folder {folder} does not exist" if not folder.exists() else
+            f"{folder} is a file; pass the export folder (with config.json) that `warmstart pretrain` wrote")
     if not (folder / "config.json").is_file():
-        weights = _weights_file(folder) if folder.is_dir() else None
+        weights = _weights_file(folder)
         hint = _layout_hint_for_keys(_file_keys(weights), "a transformers image classifier", weights) if weights else ""
         raise ValueError(
             f"{str(folder)!r} has no config.json, so it is not an export of an `hf/...` backbone and there is no "
@@ -80,15 +86,16 @@ def image_classifier_from_export(export_dir: str | os.PathLike, num_labels: int,
     return model, load_pretrained_backbone(model, folder)
 
 
-def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_match: float = 0.9,
-                             prefix: str | None = None):
+def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_match: float = 1.0,
+                             prefix: str | None = None, allow_missing: str | list[str] | None = None):
     """Load a backbone export (``.safetensors`` / ``.pt``) into an HF image classifier; returns the LoadReport.
 
-    ``path`` is the weights file or the export folder (its ``backbone.safetensors`` / ``backbone.pt``). Thin
-    wrapper over ``warmstart.core.checkpoints.load_backbone_weights`` (prefix auto-detected, e.g. ``vit.``;
-    fails if fewer than ``min_match`` of the export's tensors load or any shape differs). Adds what an HF user
-    needs on failure: which layout the file is in and how to get one that fits. See the module docstring for
-    the combinations that work and why the others cannot.
+    ``path`` is the weights file or the export folder (its ``backbone.safetensors`` / ``backbone.pt``; a missing
+    path raises FileNotFoundError, a damaged file a ValueError naming it). Thin wrapper over
+    ``warmstart.core.checkpoints.load_backbone_weights`` (prefix auto-detected, e.g. ``vit.``; the load is
+    complete or raises, except the classifier; ``allow_missing`` / ``min_match`` ask for a partial load; any
+    shape difference raises). Adds what an HF user needs on failure: which layout the file is in and how to get
+    one that fits. See the module docstring for the combinations that work and why the others cannot.
 
     Example:
         >>> import tempfile, transformers
@@ -101,13 +108,10 @@ def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_m
     """
     from warmstart.core import checkpoints  # pure torch + safetensors
 
-    if Path(path).is_dir():
-        path = _weights_file(Path(path)) or path
-    if not Path(path).is_file():
-        raise ValueError(f"backbone export {str(path)!r} does not exist; pass the .safetensors/.pt file written "
-                         "by `warmstart pretrain` (or core.checkpoints.save_weights).")
+    path = checkpoints.resolve_weights_path(path)  # missing: a FileNotFoundError (and ValueError) naming it
     try:
-        return checkpoints.load_backbone_weights(model, path, min_match=min_match, prefix=prefix)
+        return checkpoints.load_backbone_weights(model, path, min_match=min_match, prefix=prefix,
+                                                 allow_missing=allow_missing)
     except ValueError as err:
         hint = _layout_hint(model, path)
         if not hint:
@@ -116,10 +120,12 @@ def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_m
 
 
 def _weights_file(folder: Path) -> Path | None:
-    for name in ("backbone.safetensors", "backbone.pt"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    from warmstart.core.checkpoints import resolve_weights_path
+
+    try:
+        return resolve_weights_path(folder)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _layout_hint(model: nn.Module, path: str | os.PathLike) -> str:
@@ -141,15 +147,9 @@ def _layout_hint_for_keys(keys: list[str], target: str, path) -> str:
 
 
 def _file_keys(path: str | os.PathLike) -> list[str]:
+    from warmstart.core.checkpoints import read_weights
+
     try:
-        if str(path).endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                return list(f.keys())
-        import torch
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return list(state) if isinstance(state, dict) else []
-    except Exception:  # the hint is best effort; the original error is what matters
+        return list(read_weights(path))
+    except (OSError, ValueError):  # the hint is best effort; the load's own error is what matters
         return []

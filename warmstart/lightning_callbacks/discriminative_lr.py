@@ -24,7 +24,8 @@ from torch import nn
 
 from .._optional import require
 from ..core.layers import layer_groups
-from ..core.param_groups import group_lr_table, group_scales, is_no_decay, param_groups
+from ..core.param_groups import check_lr_options, group_lr_table, group_scales, is_no_decay, param_groups
+from ..core.validation import check_has_parameters
 from ._common import check_exclusive, target_module
 
 L = require("lightning", "lightning")
@@ -67,6 +68,9 @@ class DiscriminativeLR(L.Callback):
         if sum(given) != 1:
             raise ValueError("DiscriminativeLR needs exactly one of layer_decay=, group_lrs= or backbone_lr_ratio= "
                              "(e.g. DiscriminativeLR(layer_decay=0.7)).")
+        # The numbers fail here, where the user wrote them; names that need the model fail at setup.
+        check_lr_options(layer_decay=layer_decay, group_lrs=group_lrs, backbone_lr_ratio=backbone_lr_ratio,
+                         weight_decay=weight_decay)
         self.layer_decay, self.group_lrs, self.backbone_lr_ratio = layer_decay, group_lrs, backbone_lr_ratio
         self.weight_decay, self.module = weight_decay, module
         self.layer_patterns = list(layer_patterns) if layer_patterns is not None else None
@@ -84,6 +88,7 @@ class DiscriminativeLR(L.Callback):
         # Dry run on the model as it is now (after LoRA etc.), so bad group names fail here, not mid-fit.
         # group_lrs are absolute lrs, so their scale check needs a positive reference lr only.
         sub = target_module(pl_module, self.module)
+        check_has_parameters(sub, "DiscriminativeLR")  # an empty module would give no groups, silently
         group_scales(layer_groups(sub, self.layer_patterns), 1.0, layer_decay=self.layer_decay,
                      group_lrs=self.group_lrs, backbone_lr_ratio=self.backbone_lr_ratio)
 

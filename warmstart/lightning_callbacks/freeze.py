@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._optional import require
-from ..core.freezing import BN_POLICIES, GroupSelector, freeze, unfreeze
+from ..core.freezing import GroupSelector, check_freeze_options, freeze, unfreeze
 from ..core.lora import trainable_summary
 from ._common import check_exclusive, target_module
 
@@ -42,8 +42,7 @@ class Freeze(L.Callback):
 
     def __init__(self, groups: GroupSelector = "all_but_head", pattern: str | None = None,
                  module: str | None = None, bn: str = "eval", layer_patterns: Sequence[str] | None = None) -> None:
-        if bn not in BN_POLICIES:
-            raise ValueError(f"bn must be one of {BN_POLICIES}, got {bn!r}")
+        check_freeze_options(groups, pattern, bn)  # what needs no model fails here; group names at setup
         self.groups, self.pattern, self.module, self.bn = groups, pattern, module, bn
         self.layer_patterns = list(layer_patterns) if layer_patterns is not None else None
         self.frozen: list[str] = []

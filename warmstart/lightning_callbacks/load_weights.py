@@ -16,9 +16,11 @@ class LoadBackboneWeights(L.Callback):
     """Load pretrained backbone weights at ``setup`` (fit only) with ``core.checkpoints.load_backbone_weights``.
 
     ``path`` is a ``.safetensors``/``.pt`` file or a ``warmstart pretrain`` export directory. The backbone is
-    found inside the module automatically (or under ``prefix``; or inside the ``module`` attribute). Fewer than
-    ``min_match`` of the export's tensors landing in the model, or a shape mismatch, raise at ``setup`` (never a
-    silent partial load); a missing file raises FileNotFoundError at ``setup``. Logs one line, e.g.
+    found inside the module automatically (or under ``prefix``; or inside the ``module`` attribute). The load is
+    complete or raises at ``setup`` (never a silent partial load): every export tensor must land and every
+    backbone tensor receive one, except the task head. ``allow_missing`` (name patterns) asks for a partial load,
+    ``min_match`` (a fraction) tolerates a transfer across architectures; both are ``load_backbone_weights``'s.
+    A missing path raises FileNotFoundError, a damaged file a ValueError naming it, at ``setup``. Logs one line, e.g.
     ``transferred 60/60 backbone tensors into 'backbone.' (...)``. When resuming (``ckpt_path``), the
     checkpoint's weights are restored after this load and win, as they should.
 
@@ -37,10 +39,13 @@ class LoadBackboneWeights(L.Callback):
     """
 
     def __init__(self, path: str | Path, module: str | None = None, prefix: str | None = None,
-                 min_match: float = 0.9) -> None:
+                 min_match: float = 1.0, allow_missing: str | list[str] | None = None) -> None:
+        from ..core.weight_keys import check_patterns
+
         if not 0.0 <= min_match <= 1.0:
             raise ValueError(f"min_match must be a fraction in [0, 1], got {min_match}")
         self.path, self.module, self.prefix, self.min_match = Path(path), module, prefix, min_match
+        self.allow_missing = check_patterns(allow_missing)  # a bad pattern fails at construction, not at setup
         self.report: Any = None
 
     @property
@@ -50,15 +55,15 @@ class LoadBackboneWeights(L.Callback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        from ..core.checkpoints import load_backbone_weights
+        from ..core.checkpoints import load_backbone_weights, resolve_weights_path
 
-        if not self.path.exists():
-            raise FileNotFoundError(
-                f"LoadBackboneWeights: {self.path} does not exist. Pass the .safetensors/.pt file written by "
-                "`warmstart pretrain` (e.g. <out>/exported/backbone.safetensors) or its export directory."
-            )
+        try:
+            path = resolve_weights_path(self.path)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"LoadBackboneWeights: {err}") from None
         sub = target_module(pl_module, self.module)
-        self.report = load_backbone_weights(sub, self.path, min_match=self.min_match, prefix=self.prefix)
+        self.report = load_backbone_weights(sub, path, min_match=self.min_match, prefix=self.prefix,
+                                            allow_missing=self.allow_missing)
         rank_zero_info(f"warmstart LoadBackboneWeights: {self.path.name}: {self.report.summary()}")
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,7 +7,15 @@ from typing import Any
 
 from .._optional import require
 from ..core.checkpoints import save_weights
-from ..core.lora import Targets, apply_lora, find_lora_targets, has_lora, merge_lora, trainable_summary
+from ..core.lora import (
+    Targets,
+    apply_lora,
+    check_lora_options,
+    find_lora_targets,
+    has_lora,
+    merge_lora,
+    trainable_summary,
+)
 from ._common import check_exclusive, target_module
 
 L = require("lightning", "lightning")
@@ -38,8 +46,7 @@ class LoRA(L.Callback):
 
     def __init__(self, r: int = 8, alpha: int = 16, targets: Targets = "auto", dropout: float = 0.0,
                  module: str | None = None, merge_on_end: bool = False, merged_path: str | None = None) -> None:
-        if r < 1:
-            raise ValueError(f"LoRA rank r must be >= 1, got {r}")
+        check_lora_options(r, alpha, dropout)  # fail where the user wrote it, not at setup
         self.r, self.alpha, self.targets, self.dropout = r, alpha, targets, dropout
         self.module, self.merge_on_end, self.merged_path = module, merge_on_end, merged_path
         self.target_names: list[str] = []

@@ -19,8 +19,8 @@ import csv
 import json
 import logging
 import os
-import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._optional import require
+from ..core.run_manifest import MANIFEST_NAME, RunManifest, remove_previous_run
 from ..core.ssl import METHODS, get_method
 from .knn import KNNMonitor
+from .run_checkpoint import RunCheckpoint, TrainingInterrupted, parse_every
 from .ssl_data import SSLDataModule
 from .ssl_module import SSLModule
 
 L = require("lightning", "lightning")
 
-# What pretrain writes into `out`; overwrite=True removes exactly these (never other files the user keeps there).
-OUTPUTS = ("checkpoints", "exported", "logs", "metrics.csv", "summary.json")
+# What pretrain writes into `out`, recorded file by file in the run's manifest; overwrite=True removes only files
+# that manifest lists, never other files the user keeps there (ARCHITECTURE.md rule 11).
+OUTPUTS = ("checkpoints", "exported", "logs", "metrics.csv", "summary.json", MANIFEST_NAME)
 
 
 class _Throughput(L.Callback):
@@ -51,7 +54,12 @@ class _Throughput(L.Callback):
         self.start_step, self.start_time = trainer.global_step, time.perf_counter()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds = time.perf_counter() - self.start_time
+        self.stop()
+
+    def stop(self) -> None:
+        """Freeze the measured time (also called when training ends on a signal, where on_train_end is not)."""
+        if self.start_time and not self.seconds:
+            self.seconds = time.perf_counter() - self.start_time
 
 
 def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str | nn.Module,
@@ -61,7 +69,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
              val_data: str | Path | None = None, teacher: str | nn.Module | None = None,
              teacher_weights: str | Path | None = None, lr: float | None = None, num_workers: int = 0,
              seed: int = 0, progress: bool = True, callbacks: Sequence[L.Callback] = (),
-             transform: Callable | None = None, **method_kwargs: Any) -> dict:
+             transform: Callable | None = None, checkpoint_every: int | str | None = "5min",
+             **method_kwargs: Any) -> dict:
     """Pretrain ``model`` on the unlabeled images in ``data`` with ``method``; export its weights to ``out``.
 
     Args:
@@ -71,7 +80,12 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             "ultralytics/yolov8n.yaml") or an nn.Module (wrapped by ``build_backbone``).
         method: "simclr", "byol", "dino" or "distillation" (needs ``teacher`` + ``teacher_weights``).
         devices, strategy, precision, num_nodes, accelerator: passed to ``lightning.Trainer`` unchanged.
-        resume: continue from ``out/checkpoints/last.ckpt`` (same arguments as the interrupted run).
+        resume: continue from ``out/checkpoints/last.ckpt`` (same arguments as the interrupted run): mid-epoch
+            where the checkpoint was written mid-epoch (single process), else from the last epoch end.
+        overwrite: start over in a used ``out``: removes only the files the previous run's manifest lists.
+        checkpoint_every: besides every epoch end, also write ``last.ckpt`` every N steps (int) or every
+            duration (``"5min"``, ``"90s"``); None or 0: epoch ends only. SIGINT/SIGTERM always write one and
+            raise :class:`TrainingInterrupted` after a partial ``summary.json``.
         val_data: optional labeled folder (class per subfolder): logs ``knn_acc`` every epoch.
         lr: peak learning rate (default: the method's ``default_lr``).
         callbacks: extra Lightning callbacks.
@@ -105,6 +119,7 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         raise ValueError(f"batch_size must be >= 2 for self-supervised losses, got {batch_size}")
     if (teacher is not None or teacher_weights is not None) and method != "distillation":
         raise ValueError(f"teacher/teacher_weights are only used by method='distillation', not {method!r}")
+    parse_every(checkpoint_every)  # a bad cadence fails now, not after the first epoch
     checkpoint = out / "checkpoints" / "last.ckpt"
     if not launched_child:
         _check_out(out, checkpoint, resume=resume, overwrite=overwrite)
@@ -127,23 +142,33 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     datamodule = SSLDataModule(dataset, ssl_method.transform, batch_size=batch_size, num_workers=num_workers,
                                seed=seed)
 
-    if overwrite and not launched_child:
+    if overwrite and not launched_child and not resume:
         _remove_outputs(out)
+    manifest = RunManifest.load(out) if resume else RunManifest(out)
+    loggers = [L.pytorch.loggers.CSVLogger(out / "logs", name="csv"),
+               L.pytorch.loggers.TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False)]
+
+    def record_outputs() -> None:  # rank 0, after every checkpoint and at the end: what overwrite may remove
+        logger_dirs = [Path(lg.log_dir) for lg in loggers]
+        manifest.add(p for p in [checkpoint, *logger_dirs, out / "exported", out / "metrics.csv",
+                                 out / "summary.json"] if p.exists())
+        manifest.save()
+
     throughput = _Throughput()
     all_callbacks: list[L.Callback] = [throughput, *callbacks]
     if knn is not None:
         all_callbacks.append(knn)
-    # save_top_k=0 + save_last: one rolling last.ckpt per epoch, which is all resume needs.
-    ModelCheckpoint = L.pytorch.callbacks.ModelCheckpoint
-    all_callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0))
     all_callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
-    loggers = [L.pytorch.loggers.CSVLogger(out / "logs", name="csv"),
-               L.pytorch.loggers.TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False)]
+    # Last, so an epoch-end checkpoint holds the kNN result and every other callback's state of that epoch.
+    run_checkpoint = RunCheckpoint(out / "checkpoints", every=checkpoint_every, on_save=record_outputs)
+    all_callbacks.append(run_checkpoint)
     if not progress:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     trainer = L.Trainer(
         max_epochs=int(epochs), devices=devices, strategy=strategy, precision=precision, num_nodes=num_nodes,
         accelerator=accelerator, logger=loggers, callbacks=all_callbacks, default_root_dir=out,
+        # RunCheckpoint writes last.ckpt; Lightning's default ModelCheckpoint would add a second, unlisted copy.
+        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         enable_progress_bar=progress, enable_model_summary=progress,
         log_every_n_steps=max(1, min(10, len(dataset) // int(batch_size))),
     )
@@ -153,17 +178,31 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             f"{len(dataset)} images over {trainer.world_size} process(es) is {per_rank} per process, fewer than "
             f"batch_size={batch_size} (incomplete batches are dropped). Lower --batch-size or add images."
         )
+    # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
+    run_checkpoint.mid_epoch = trainer.world_size == 1
     # ---- train ----------------------------------------------------------------------------------------------
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+    info = dict(model=model, method=method, image_size=image_size, batch_size=int(batch_size), epochs=int(epochs),
+                resume=resume, lr=module.lr, seed=seed, precision=precision, out=out)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+    except TrainingInterrupted as stop:
+        throughput.stop()
+        if trainer.is_global_zero:  # what was done so far, so a user sees where the run stands
+            summary = _summary(trainer, module, datamodule, throughput, knn, **info)
+            summary.update(status="interrupted", signal=stop.signum, checkpoint=str(stop.checkpoint))
+            _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
+            summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
+            _write_json(out / "summary.json", summary)
+            record_outputs()
+        raise
 
-    summary = _summary(trainer, module, datamodule, throughput, knn, model=model, method=method,
-                       image_size=image_size, batch_size=int(batch_size), epochs=int(epochs), resume=resume,
-                       lr=module.lr, seed=seed, precision=precision, out=out)
+    summary = _summary(trainer, module, datamodule, throughput, knn, **info)
     if trainer.is_global_zero:
         summary["exported"] = {k: str(v) for k, v in module.export(out / "exported").items()}
         _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
         summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
         _write_json(out / "summary.json", summary)
+        record_outputs()
     return summary
 
 
@@ -179,19 +218,35 @@ def _check_out(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) ->
     if resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"resume=True but {checkpoint} does not exist; start without --resume")
+        _check_checkpoint(checkpoint)
         return
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"output folder {out} is not empty; pass overwrite=True (--overwrite) to replace its "
                          "results, resume=True (--resume) to continue its run, or choose another folder")
 
 
+def _check_checkpoint(checkpoint: Path) -> None:
+    """Refuse a damaged or foreign last.ckpt with its name and the fix, before the Trainer unpickles it."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, random bytes, a pickle that needs code: all refused the same way
+        raise ValueError(
+            f"cannot resume: {checkpoint} is damaged or not a warmstart checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Nothing was trained. Restore a good copy, or start over with "
+            "--overwrite (removes this run's files only)."
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state or "loops" not in state:
+        raise ValueError(f"cannot resume: {checkpoint} is not a Lightning checkpoint written by warmstart "
+                         "pretrain (no model state or loop progress). Start over with --overwrite.")
+
+
 def _remove_outputs(out: Path) -> None:
-    for name in OUTPUTS:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    removed, left = remove_previous_run(out)
+    if left:
+        names = ", ".join(str(p.relative_to(out)) for p in left[:10]) + (" ..." if len(left) > 10 else "")
+        warnings.warn(f"overwrite: removed the previous run's {len(removed)} files; left {len(left)} files that "
+                      f"warmstart did not write (or wrote after its last checkpoint) in {out}: {names}",
+                      stacklevel=3)
 
 
 def _build(spec: str | nn.Module, image_size: int, what: str) -> nn.Module:
@@ -212,8 +267,10 @@ def _teacher(teacher: str | nn.Module | None, weights: str | Path | None, image_
     if weights is None and isinstance(teacher, str):
         raise ValueError(f"teacher {teacher!r} would be randomly initialized: pass teacher_weights=<file> "
                          "(--teacher-weights) with its trained weights")
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"teacher_weights file {weights} does not exist")
+    if weights is not None:
+        from ..core.checkpoints import resolve_weights_path
+
+        weights = resolve_weights_path(weights)  # a folder means the export inside it; missing: named error
     net = _build(teacher, image_size, "teacher")
     if weights is not None:
         from ..core.checkpoints import load_backbone_weights
@@ -248,7 +305,11 @@ def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, t
         "train_time_s": round(throughput.seconds, 3),
         "images_per_s": round(session_images / throughput.seconds, 2) if throughput.seconds > 0 else None,
         "checkpoint": str(Path(info["out"]) / "checkpoints" / "last.ckpt"),
+        "status": "completed",
     }
+    scan = getattr(datamodule.dataset, "scan", None)
+    if scan is not None:  # every file under the data folder: used, skipped (why), ignored (by which rule)
+        summary["data_files"] = scan.counts()
     if knn is not None and knn.history:
         summary["knn_acc"] = knn.history[-1][1]
         summary["knn_history"] = [{"epoch": e, "knn_acc": a} for e, a in knn.history]

@@ -83,8 +83,12 @@ class SSLModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=views[0].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.method.on_step_end(self.global_step, self.total_steps())
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Momentum teachers move right after the step, not in on_train_batch_end: callbacks' on_train_batch_end
+        # runs before the module's, so a checkpoint written there (RunCheckpoint) would miss this update.
+        # Lightning counts the step only after this hook returns, hence + 1.
+        self.method.on_step_end(self.trainer.global_step + 1, self.total_steps())
 
     def on_train_epoch_start(self) -> None:
         if self.seed is None:

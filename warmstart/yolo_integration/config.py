@@ -16,6 +16,10 @@ from typing import Any
 from torch import nn
 
 from ..core import LayerGroup, UnfreezeSchedule, group_names, group_scales, layer_groups, select_groups
+from ..core.checkpoints import resolve_weights_path
+from ..core.lora import check_lora_options
+from ..core.validation import check_non_negative
+from ..core.weight_keys import check_patterns
 
 ROLES = ("backbone", "neck", "head")
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "targets": "auto", "dropout": 0.0}
@@ -40,7 +44,8 @@ class YoloWarmstartConfig:
     layer_decay: float | dict[str, float] | None = None
     lora: dict | None = None
     bn: str = "eval"
-    min_match: float = 0.9
+    min_match: float = 1.0
+    allow_missing: list[str] | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -76,8 +81,12 @@ class YoloWarmstartConfig:
 
 
 def make_config(*, backbone_weights=None, freeze=None, unfreeze_schedule=None, layer_decay=None, lora=None,
-                bn: str = "eval", min_match: float = 0.9) -> YoloWarmstartConfig:
+                bn: str = "eval", min_match: float = 1.0, allow_missing=None) -> YoloWarmstartConfig:
     """Normalise ``wrap()``'s keyword arguments into a :class:`YoloWarmstartConfig` (no model needed yet).
+
+    ``backbone_weights`` may be the weights file or the export folder (resolved to its ``backbone.safetensors``
+    here, so the trainer and DDP workers load one file); a missing path raises FileNotFoundError naming it.
+    ``min_match`` / ``allow_missing`` are ``core.checkpoints.load_backbone_weights``' partial-load options.
 
     Example:
         >>> make_config(lora=4).lora
@@ -95,11 +104,12 @@ def make_config(*, backbone_weights=None, freeze=None, unfreeze_schedule=None, l
     if backbone_weights is not None and not isinstance(backbone_weights, str | Path):
         raise ValueError("backbone_weights must be a path to an exported backbone (.safetensors or .pt), e.g. "
                          f"'out/exported/backbone.safetensors'; got {type(backbone_weights).__name__}")
-    if backbone_weights is not None and not Path(backbone_weights).is_file():
-        raise ValueError(f"backbone_weights file {backbone_weights} does not exist; pass the backbone.safetensors "
-                         "written by `warmstart pretrain --model ultralytics/yolov8n.yaml`")
+    if backbone_weights is not None:
+        # A folder means the export inside it; the error (a ValueError too) names the path that is missing.
+        backbone_weights = resolve_weights_path(backbone_weights)
     if not 0 < min_match <= 1:
         raise ValueError(f"min_match must be in (0, 1], got {min_match}")
+    allow_missing = check_patterns(allow_missing) or None
     if lora is True:
         lora = {}
     elif isinstance(lora, int) and not isinstance(lora, bool):
@@ -111,15 +121,19 @@ def make_config(*, backbone_weights=None, freeze=None, unfreeze_schedule=None, l
         if unknown:
             raise ValueError(f"unknown lora option(s) {sorted(unknown)}; valid: {sorted(LORA_DEFAULTS)}")
         lora = {**LORA_DEFAULTS, **lora}
+        check_lora_options(lora["r"], lora["alpha"], lora["dropout"])  # fail at wrap(), not at training setup
     if layer_decay is not None and not isinstance(layer_decay, int | float | dict):
         raise ValueError("layer_decay must be a float in (0, 1] (decay per layer group from the head) or a dict "
                          "{role or group name: lr scale}, e.g. {'backbone': 0.1, 'neck': 0.5}")
+    if isinstance(layer_decay, dict):
+        for key, scale in layer_decay.items():
+            check_non_negative(f"layer_decay[{key!r}]", scale)
     if isinstance(freeze, tuple):
         freeze = list(freeze)
     return YoloWarmstartConfig(backbone_weights=str(Path(backbone_weights).resolve()) if backbone_weights else None,
                                freeze=freeze,
                                unfreeze_schedule=sched, layer_decay=layer_decay, lora=lora, bn=bn,
-                               min_match=min_match)
+                               min_match=min_match, allow_missing=allow_missing)
 
 
 # ---------------------------------------------------------------------------------------------- resolution

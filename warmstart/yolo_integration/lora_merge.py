@@ -20,6 +20,7 @@ from .._optional import require
 require("ultralytics")
 
 from ..core import clear_bn_policy, has_lora, merge_lora  # noqa: E402
+from ..core.checkpoints import read_weights, save_weights  # noqa: E402
 
 ADAPTER_FILE = "last_lora.safetensors"
 
@@ -47,14 +48,8 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapters(model: nn.Module, path: str | Path) -> Path:
-    """Write ``model``'s LoRA tensors to ``path`` (safetensors, atomic)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(adapter_state(model), str(tmp))
-    tmp.replace(path)
-    return path
+    """Write ``model``'s LoRA tensors to ``path`` (safetensors, atomic: a kill mid-save keeps the old file)."""
+    return save_weights(adapter_state(model), path)
 
 
 @torch.no_grad()
@@ -65,13 +60,16 @@ def restore_adapters(model: nn.Module, path: str | Path) -> nn.Module:
     merged checkpoint, so resume continues the same LoRA run (same trainable tensors, same optimizer state).
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
-    from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ValueError(f"cannot resume a LoRA run: the adapter file {path} is missing (it is written next to "
                          "last.pt at every save); start a new run instead")
-    state = load_file(str(path))
+    try:
+        state = read_weights(path)  # a truncated or foreign file: a ValueError naming it and what is wrong
+    except ValueError as err:
+        raise ValueError(f"cannot resume a LoRA run: {err} Start a new run, or resume from a checkpoint whose "
+                         "adapter file is intact.") from None
     own = model.state_dict()
     missing = sorted(k for k in own if ".lora_" in k and k not in state)
     unexpected = sorted(k for k in state if k not in own)

@@ -14,16 +14,20 @@ Where each piece hooks into ``BaseTrainer`` (Ultralytics 8.4), and why there:
   both scale each group's ``initial_lr``, so the ratios between groups hold at every iteration. Our groups are
   never tagged ``param_group="bias"``: that tag makes warmup start biases at ``warmup_bias_lr``, which would break
   the ratio during warmup.
+- ``resume_training``: re-applies the trainable set once Ultralytics knows the epoch it resumes from.
 - ``on_train_epoch_start`` (first in the list): the trainable set for this epoch. ``UnfreezeSchedule`` is a pure
   function of the epoch, so resume lands on the same set. BatchNorm of frozen groups is pinned to eval by the core.
 - ``save_model``: checkpoints get a clean copy (LoRA merged, no warmstart objects) so ``best.pt`` loads in plain
-  Ultralytics; the adapters go to a small file next to ``last.pt`` for resume.
+  Ultralytics, written atomically so a kill mid-save leaves the previous ``last.pt`` intact; the adapters go to a
+  small file next to ``last.pt`` for resume.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
+import secrets
 from pathlib import Path
 
 from torch import nn, optim
@@ -97,7 +101,8 @@ class WarmstartTrainerMixin:
         if ws.backbone_weights and not self.resume:
             from ..core.checkpoints import load_backbone_weights
 
-            self.backbone_report = load_backbone_weights(model, ws.backbone_weights, min_match=ws.min_match)
+            self.backbone_report = load_backbone_weights(model, ws.backbone_weights, min_match=ws.min_match,
+                                                         allow_missing=ws.allow_missing)
             LOGGER.info(f"warmstart: {self.backbone_report.summary()} from {ws.backbone_weights}")
         if ws.lora:
             apply_lora(model, **ws.lora)
@@ -137,6 +142,17 @@ class WarmstartTrainerMixin:
             if (lora_keep is not None and name not in lora_keep) or any(f in name for f in fixed):
                 p.requires_grad_(False)
         return trainable
+
+    def resume_training(self, ckpt):
+        """Ultralytics' resume, then this run's trainable set at the epoch it resumes from.
+
+        ``build_optimizer`` applies the set for ``start_epoch``, but on resume that runs before this method sets
+        ``start_epoch`` (still 0), so until the first epoch started the model carried epoch 0's set: callbacks at
+        ``on_pretrain_routine_end`` / ``on_train_start`` saw the schedule back at its start.
+        """
+        super().resume_training(ckpt)
+        if self.resume and ckpt is not None:
+            self.apply_warmstart(self.start_epoch)
 
     # ------------------------------------------------------------------------------------------ optimizer
 
@@ -183,15 +199,31 @@ class WarmstartTrainerMixin:
     # ------------------------------------------------------------------------------------------ saving
 
     def save_model(self):
-        """Save checkpoints with a clean (merged, warmstart-free) EMA copy; adapters go next to ``last.pt``."""
+        """Save checkpoints with a clean (merged, warmstart-free) EMA copy; adapters go next to ``last.pt``.
+
+        ``last.pt`` and ``best.pt`` are written atomically (DESIGN rule 11): Ultralytics writes them in place, so a
+        kill mid-write left a truncated ``last.pt``, which ``train(resume=True)`` cannot load, and the previous
+        epoch's checkpoint was already gone. Here Ultralytics writes to hidden temporary names next to them, and each
+        file it wrote replaces its target with ``os.replace`` (old file or complete new one, never a partial one).
+        """
         live = self.ema.ema
         if self.warmstart.lora:
             save_adapters(live, self.wdir / ADAPTER_FILE)
         self.ema.ema = clean_copy(live)
+        final = (self.last, self.best)
+        temps = tuple(p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp") for p in final)
+        self.last, self.best = temps
         try:
-            return super().save_model()
+            saved = super().save_model()
+            for tmp, path in zip(temps, final):
+                if tmp.exists():  # best.pt only when this epoch is the best so far
+                    os.replace(tmp, path)
+            return saved
         finally:
+            self.last, self.best = final
             self.ema.ema = live
+            for tmp in temps:  # only left when super().save_model() raised
+                tmp.unlink(missing_ok=True)
 
 
 def _lora_trainable(model: nn.Module, groups) -> set[str]:

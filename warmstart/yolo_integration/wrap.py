@@ -24,14 +24,15 @@ from .trainer import ARG, TRAINERS, WarmstartTrainerMixin  # noqa: E402
 
 def wrap(model: Any, *, backbone_weights: str | Path | None = None, freeze: Any = None,
          unfreeze_schedule: Any = None, layer_decay: float | dict[str, float] | None = None,
-         lora: bool | int | dict | None = None, bn: str = "eval", min_match: float = 0.9) -> Any:
+         lora: bool | int | dict | None = None, bn: str = "eval", min_match: float = 1.0,
+         allow_missing: str | list[str] | None = None) -> Any:
     """Return ``model`` (the same ``YOLO`` object) with ``.train()`` applying warmstart's fine-tuning options.
 
     Args:
         model: an Ultralytics ``YOLO`` object, e.g. ``YOLO("yolov8n.yaml")`` (detect, segment, pose, obb, classify).
         backbone_weights: a backbone export (``backbone.safetensors`` from ``warmstart pretrain --model
-            ultralytics/yolov8n.yaml``) loaded into the layers it covers; logs "transferred N/M backbone tensors" and
-            refuses a mismatched architecture (fewer than ``min_match`` of the backbone tensors match).
+            ultralytics/yolov8n.yaml``, or its export folder) loaded into the layers it covers; logs "transferred
+            N/M backbone tensors" and refuses a load that leaves any backbone tensor behind (ARCHITECTURE.md rule 8).
         freeze: layer groups kept frozen the whole run: ``"backbone"``, ``"neck"``, ``"all_but_head"``, ``"model.3"``,
             an index, or a list of those. The head always trains.
         unfreeze_schedule: gradual unfreezing, e.g. ``{"at": {"head": 0, "neck": 1, "backbone": 3}}`` (epoch each
@@ -41,7 +42,8 @@ def wrap(model: Any, *, backbone_weights: str | Path | None = None, freeze: Any 
         lora: ``True``, a rank, or ``{"r", "alpha", "targets", "dropout"}``: LoRA on the convolutions (peft), merged
             into plain convolutions in every saved checkpoint.
         bn: ``"eval"`` (frozen layers keep their BatchNorm statistics) or ``"train"``.
-        min_match: fraction of the backbone tensors that must match ``backbone_weights``.
+        min_match: cross-architecture tolerance only: the fraction of tensors that must match (default: all).
+        allow_missing: patterns (fnmatch or regex) of tensors that may stay at their initial values.
 
     Example:
         >>> from ultralytics import YOLO
@@ -58,14 +60,15 @@ def wrap(model: Any, *, backbone_weights: str | Path | None = None, freeze: Any 
         raise ValueError(f"warmstart's YOLO integration supports the tasks {sorted(TRAINERS)}, not {model.task!r}: "
                          "its trainer does not build the model and optimizer through the hooks warmstart uses")
     cfg = make_config(backbone_weights=backbone_weights, freeze=freeze, unfreeze_schedule=unfreeze_schedule,
-                      layer_decay=layer_decay, lora=lora, bn=bn, min_match=min_match)
+                      layer_decay=layer_decay, lora=lora, bn=bn, min_match=min_match, allow_missing=allow_missing)
     validate(model.model, cfg)
     if cfg.backbone_weights:
         # Load now as well, so a mismatched architecture fails here, and predict/val before training already use
         # it; the trainer loads it again into the model Ultralytics rebuilds for training.
         from ..core.checkpoints import load_backbone_weights
 
-        report = load_backbone_weights(model.model, cfg.backbone_weights, min_match=cfg.min_match)
+        report = load_backbone_weights(model.model, cfg.backbone_weights, min_match=cfg.min_match,
+                                       allow_missing=cfg.allow_missing)
         LOGGER.info(f"warmstart: {report.summary()} from {cfg.backbone_weights}")
         model.warmstart_report = report
     model.warmstart = cfg

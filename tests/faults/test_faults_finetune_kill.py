@@ -1,0 +1,163 @@
+"""SIGKILL a fine-tuning run mid-run, resume it, and compare with an uninterrupted run (DESIGN rules 5 and 11).
+
+The existing resume tests stop the trainer politely, which lets every ``on_*_end`` hook and save run; a kill does
+not, so only what was on disk survives. Per framework, one worker (``finetune_kill_*.py``, protocol in
+``finetune_kill_common.py``) trains the same run twice at once: uninterrupted, and a copy that blocks at a known
+kill point once >= 2 epochs are checkpointed (mid-epoch for Lightning and HF, so training lives only in memory;
+inside the write of ``last.pt`` for YOLO). We SIGKILL that copy, check what the kill left on disk, and let a fresh
+process resume from it. Then every step after the resume point must match the uninterrupted run: trainable layer
+groups, BatchNorm modes, the lr of every param group, and (Lightning, HF) the final weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+START_TIMEOUT = 240  # s until the kill point: imports alone take ~10 s when the 2 shared cores are busy
+RUN_TIMEOUT = 300
+
+
+def kill_and_resume(script: str, root: Path, args: tuple[str, ...], log_name: str,
+                    check_on_disk: Callable[[Path], None]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Run the worker's three runs, doing the kill ourselves; returns the full, killed and resumed step logs."""
+    killed = root / "killed"
+    log = root / "worker.log"
+    with log.open("w") as out:  # a file, not a pipe: a full pipe would block the worker
+        # Own session: the finally below can end the worker and every run it forked, and nothing else.
+        proc = subprocess.Popen([sys.executable, str(HERE / script), str(root), *args], stdin=subprocess.PIPE,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail() -> str:
+        return "\n".join(p.read_text()[-3000:] for p in (log, *root.glob("*/run.log")) if p.exists())
+
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (killed / "hung").exists():  # poll the marker, not a guessed sleep
+            assert proc.poll() is None, f"worker exited ({proc.returncode}) early:\n{tail()}"
+            assert time.monotonic() < deadline, f"no kill point after {START_TIMEOUT} s:\n{tail()}"
+            time.sleep(0.1)
+        os.kill(int((killed / "pid").read_text()), signal.SIGKILL)
+        while not (killed / "status").exists():  # the worker reaps the killed run and says how it died
+            assert proc.poll() is None and time.monotonic() < deadline, tail()
+            time.sleep(0.05)
+        assert (killed / "status").read_text() == f"signal {int(signal.SIGKILL)}"
+        check_on_disk(killed)
+        # Keep the killed run's log apart so the resumed run's lines start fresh.
+        (killed / log_name).rename(killed / f"killed-{log_name}")
+        proc.communicate(b"resume\n", timeout=RUN_TIMEOUT)
+        assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{tail()}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return [_lines(root / "full" / log_name), _lines(killed / f"killed-{log_name}"), _lines(killed / log_name)]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    full, resumed = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert full.keys() == resumed.keys()
+    differ = [k for k in full if not torch.equal(full[k], resumed[k])]
+    assert not differ, f"resumed run ended with different weights in {differ}"
+
+
+LIGHTNING_GROUPS = ["stem", "block1", "block2", "head"]
+
+
+def test_lightning_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    pytest.importorskip("lightning")
+
+    def on_disk(run: Path) -> None:
+        ckpt = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert (ckpt["epoch"], ckpt["global_step"]) == (1, 8)  # epochs 0-1 saved; step 9 was only in memory
+        assert (run / "hung").read_text() == "9" and not (run / "final.pt").exists()
+        assert ckpt["callbacks"]["GradualUnfreezing{'module': None}"]["trainable_groups"] == ["block2", "head"]
+
+    full, killed, resumed = kill_and_resume("finetune_kill_lightning.py", tmp_path, (), "steps.jsonl",
+                                            on_disk)
+    g = LIGHTNING_GROUPS
+    assert [s["step"] for s in full] == list(range(20))  # 5 epochs x 4 steps
+    assert killed == full[:9]  # up to and including the first step of epoch 2
+    # The schedule changes inside the resumed window (epochs 2-4), so a schedule restarted at epoch 0 or stuck at
+    # the checkpoint's set would show below. The head has no BatchNorm; frozen groups keep theirs in eval.
+    assert [s["trainable"] for s in full[::4]] == [g[3:], g[2:], g[1:], g, g]
+    assert [s["bn_train"] for s in full[::4]] == [[], g[2:3], g[1:3], g[:3], g[:3]]
+    # Every step after the resume point: same epoch/batch, trainable groups, BN modes, and lr of every param group.
+    assert resumed == full[8:]
+    _assert_same_weights(tmp_path / "full" / "final.pt", tmp_path / "killed" / "final.pt")
+
+
+HF_GROUPS = ["embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "head"]
+
+
+def test_hf_trainer_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    pytest.importorskip("transformers")
+
+    def on_disk(run: Path) -> None:
+        # checkpoint-9 is step 1 of epoch 2 (4 steps per epoch); step 10 was only in memory.
+        assert sorted(p.name for p in (run / "run").glob("checkpoint-*")) == [f"checkpoint-{n}" for n in (3, 6, 9)]
+        assert (run / "hung").read_text() == "10" and not (run / "final.pt").exists()
+        state = json.loads((run / "run" / "checkpoint-9" / "trainer_state.json").read_text())
+        saved = state["stateful_callbacks"]["GradualUnfreezing"]
+        assert saved["attributes"]["_checkpoint_group_names"] == HF_GROUPS and state["epoch"] == 2.25
+
+    full, killed, resumed = kill_and_resume("finetune_kill_hf.py", tmp_path, (), "steps.jsonl", on_disk)
+    g = HF_GROUPS
+    assert [s["step"] for s in full] == list(range(1, 17))  # 4 epochs x 4 steps
+    assert killed == full[:10]
+    assert [s["trainable"] for s in full[::4]] == [g[3:], g[2:], g[1:], g]  # changes inside the resumed window
+    # Steps 10-16 (the rest of epoch 2 after the Trainer skips its first batch, then epoch 3): same fractional
+    # epoch, trainable groups and lr of every LLRD param group (warmup + linear decay) as the uninterrupted run.
+    assert resumed == full[9:]
+    # Bit-exact: the Trainer restores optimizer, scheduler and RNG states, accelerate's seedable sampler replays
+    # the epoch's order, dropout is off and the worker runs deterministic kernels on one thread.
+    _assert_same_weights(tmp_path / "full" / "final.pt", tmp_path / "killed" / "final.pt")
+
+
+def test_yolo_kill_while_saving_then_resume_keeps_schedule_position(tmp_path):
+    pytest.importorskip("ultralytics")
+    from warmstart.yolo_integration.synthetic import make_shapes_dataset
+
+    data = str(make_shapes_dataset(tmp_path / "shapes"))
+
+    def on_disk(run: Path) -> None:
+        # Killed half-way through writing epoch 2's last.pt: epoch 1's must still be there, whole.
+        assert (run / "hung").read_text() == "writing last.pt of epoch 2"
+        ckpt = torch.load(run / "run" / "weights" / "last.pt", map_location="cpu", weights_only=False)
+        assert ckpt["epoch"] == 1
+        assert json.loads(ckpt["train_args"]["warmstart"])["unfreeze_schedule"] == {
+            "at": {"head": 0, "neck": 1, "backbone": 3}}
+
+    full, killed, resumed = kill_and_resume("finetune_kill_yolo.py", tmp_path, (data,), "batches.jsonl",
+                                            on_disk)
+    full_batches = [b for b in full if b["at"] == "batch"]
+    assert [b["epoch"] for b in full_batches] == [0, 0, 1, 1, 2, 2, 3, 3]  # 4 epochs x 2 batches
+    assert [b for b in killed if b["at"] == "batch"] == full_batches[:6]  # epoch 2 trained, its save killed
+    expected = {0: ["head"], 1: ["head", "neck"], 2: ["head", "neck"], 3: ["backbone", "head", "neck"]}
+    assert all(b["trainable"] == b["bn_train"] == expected[b["epoch"]] for b in full_batches)
+
+    start, *batches = resumed
+    # Already at on_train_start the resumed run carries epoch 2's trainable set, not the schedule's start.
+    assert start["at"] == "train_start" and start["epoch"] == 2
+    assert (start["trainable"], start["bn_train"]) == (expected[2], expected[2])
+    after = full_batches[4:]
+    assert [b["epoch"] for b in batches] == [b["epoch"] for b in after]
+    for r, u in zip(batches, after, strict=True):
+        assert (r["trainable"], r["bn_train"]) == (u["trainable"], u["bn_train"]), r["epoch"]
+        # Ultralytics resumes from the EMA weights, so weights are not bit-exact; the lrs (warmup position x
+        # per-group initial_lr from the restored optimizer) are.
+        assert r["lrs"] == pytest.approx(u["lrs"], rel=1e-9, abs=1e-15), r["epoch"]
