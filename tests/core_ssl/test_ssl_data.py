@@ -93,12 +93,14 @@ def test_missing_or_empty_folders_fail_before_training(tmp_path):
 
 
 def test_suffixes_case_insensitive_and_hidden_files_skipped(tmp_path):
-    assert {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"} == set(IMAGE_SUFFIXES)
-    for name in ("B.PNG", "a.Jpeg", ".hidden.png", "c.TIFF"):
-        Image.fromarray(rgb(0, 4)).save(tmp_path / name, format="PNG" if "tif" not in name.lower() else "TIFF")
+    # Derived from what PIL reads (see warmstart.core.image_scan); the common photo formats must be in it.
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"} <= set(IMAGE_SUFFIXES)
+    assert all(s.startswith(".") and s == s.lower() for s in IMAGE_SUFFIXES)
+    for name in ("B.PNG", "a.Jpeg", ".hidden.png", "c.TIFF", "d.GIF"):
+        Image.fromarray(rgb(0, 4)).save(tmp_path / name)  # PIL picks the format from the suffix, any case
     (tmp_path / ".git").mkdir()
     Image.fromarray(rgb(0, 4)).save(tmp_path / ".git" / "x.png")
-    assert [p.name for p in find_images(tmp_path)] == ["B.PNG", "a.Jpeg", "c.TIFF"]
+    assert [p.name for p in find_images(tmp_path)] == ["B.PNG", "a.Jpeg", "c.TIFF", "d.GIF"]
     assert check_image(tmp_path / "B.PNG") is None and check_image(tmp_path / "nope.png") == "missing"
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from warmstart.core.data import write_image_folder
+from warmstart.testing import write_image_folder
 
 HERE = Path(__file__).parent
 WORKER = HERE / "pretrain_kill_worker.py"
@@ -125,7 +125,7 @@ def test_stop_signal_writes_a_checkpoint_and_partial_summary_then_resume_finishe
 
 
 def test_damaged_checkpoint_on_resume_is_refused_by_name(images: Path, tmp_path: Path) -> None:
-    from warmstart.lightning_callbacks.pretraining import pretrain
+    from warmstart.pretraining import pretrain
 
     run = dict(batch_size=8, image_size=32, progress=False, accelerator="cpu", devices=1, epochs=1)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
@@ -148,7 +148,7 @@ def test_damaged_checkpoint_on_resume_is_refused_by_name(images: Path, tmp_path:
 
 
 def test_overwrite_removes_only_the_previous_runs_files(images: Path, tmp_path: Path) -> None:
-    from warmstart.lightning_callbacks.pretraining import pretrain
+    from warmstart.pretraining import pretrain
 
     run = dict(batch_size=8, image_size=32, progress=False, accelerator="cpu", devices=1, epochs=1)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
@@ -169,12 +169,13 @@ def test_overwrite_removes_only_the_previous_runs_files(images: Path, tmp_path: 
     assert len(left) == 1 and "mine.txt" in left[0] and "notes.md" in left[0], left
     assert not any(p.exists() for p in old_events)  # the previous run's own files are gone
     assert summary["status"] == "completed" and (out / "exported" / "backbone.safetensors").is_file()
+    assert summary["data_files"]["found"] == summary["data_files"]["used"] == 48  # every data file accounted for
     # ... and only one run's logs remain (the new one reuses version_0, nothing stale beside it)
     assert [p.name for p in (out / "logs" / "csv").iterdir()] == ["version_0"]
 
 
 def test_files_are_written_with_the_users_umask(images: Path, tmp_path: Path) -> None:
-    from warmstart.lightning_callbacks.pretraining import pretrain
+    from warmstart.pretraining import pretrain
 
     old = os.umask(0o022)
     try:

@@ -1,10 +1,12 @@
 """Image folders for pretraining and evaluation: recursive scan, robust decode, bad files skipped and counted.
 
-Real unlabeled folders contain zero-byte files, half-copied JPEGs, ``.txt`` files named ``.jpg`` and
-palette/RGBA/grayscale images. A run must neither crash on them mid-epoch nor silently shrink, so the
-datasets here decode every file once up front (JPEGs in draft mode, in a thread pool: PIL releases the GIL),
-drop the ones that fail with one warning, and keep the count in ``.skipped`` for the run summary. A decode
-that still fails later (a file changed on disk) is replaced by the next readable image instead of raising.
+Real unlabeled folders contain zero-byte files, half-copied JPEGs, ``.txt`` files named ``.jpg``, symlinks
+(even loops) and palette/RGBA/grayscale images. A run must neither crash on them mid-epoch nor silently
+shrink, so the datasets here walk the folder once (``image_scan``: links followed once, every file used,
+skipped or ignored by a rule, reported in ``.scan``), decode every image once up front (JPEGs in draft
+mode, in a thread pool: PIL releases the GIL), drop the ones that fail with one warning, and keep the count
+in ``.skipped`` for the run summary. A decode that still fails later (a file changed on disk) is replaced by
+the next readable item, label included, instead of raising.
 
 A missing folder or a folder without images fails here, before any model or trainer is built.
 """
@@ -12,6 +14,7 @@ A missing folder or a folder without images fails here, before any model or trai
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,13 +27,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from .image_scan import IMAGE_SUFFIXES, ScanReport, walk_images
+
+_SUFFIX_HINT = f".jpg, .png, .gif, .webp, .tif ... ({len(IMAGE_SUFFIXES)} suffixes PIL reads)"
 _SCAN_THREADS = min(8, os.cpu_count() or 1)
 
 
 def find_images(root: str | Path) -> list[Path]:
     """All image files under ``root`` (recursive, sorted, suffix case-insensitive; hidden files skipped).
 
+    Symlinks are followed once (no loops, one path per real file); see ``walk_images`` for the full report.
     Raises FileNotFoundError if ``root`` does not exist and ValueError if it holds no image files.
 
     Example:
@@ -39,30 +45,25 @@ def find_images(root: str | Path) -> list[Path]:
         >>> [p.name for p in find_images(root)]
         ['00000.png', '00001.png']
     """
+    return _walk(root).used
+
+
+def _walk(root: str | Path) -> ScanReport:
+    """``walk_images`` with the errors a user can act on: missing folder, a non-image file, no images."""
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist. Pass the folder that holds your images "
-                                f"(searched recursively for {', '.join(IMAGE_SUFFIXES)}).")
-    if root.is_file():
-        if root.suffix.lower() in IMAGE_SUFFIXES:
-            return [root]
+                                f"(searched recursively for {_SUFFIX_HINT}).")
+    if root.is_file() and root.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{root} is a file, not an image folder; pass the folder that holds your images.")
-    found: list[Path] = []
-    others = 0
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        # Hidden folders/files (.git, macOS ._ resource forks) are never training data.
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath) / name)
-            else:
-                others += 1
-    if not found:
-        raise ValueError(f"no image files under {root} (searched recursively for {', '.join(IMAGE_SUFFIXES)}; "
-                         f"found {others} other files). Point data= at the folder that contains your images.")
-    return sorted(found, key=lambda p: str(p))
+    report = walk_images(root)
+    if not report.used:
+        counts = report.counts()
+        why = ", ".join(f"{k}: {n}" for k, n in {**counts["skipped_reasons"], **counts["ignored_rules"]}.items())
+        raise ValueError(f"no image files under {root} (searched recursively for {_SUFFIX_HINT}; found "
+                         f"{counts['found']} other files{f' ({why})' if why else ''}). Point data= at the folder "
+                         "that contains your images.")
+    return report
 
 
 def load_rgb(path: str | Path) -> Image.Image:
@@ -85,6 +86,7 @@ def check_image(path: str | Path) -> str | None:
     """Why ``path`` is not a readable image (``"empty file"``, ``"truncated"``, ...), or None if it decodes.
 
     JPEGs decode in draft mode (1/8 scale): just as strict about truncation, several times faster.
+    A FIFO or device is never opened (reading it can block forever).
 
     Example:
         >>> import tempfile
@@ -95,13 +97,16 @@ def check_image(path: str | Path) -> str | None:
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if info.st_size == 0:
             return "empty file"
         with _pil_open(path) as img:
             img.draft("RGB", (1, 1))
             img.load()
     except FileNotFoundError:
-        return "missing"
+        return "broken symlink" if path.is_symlink() else "missing"
     except Image.UnidentifiedImageError:
         return "not an image"
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for broken files
@@ -139,19 +144,25 @@ class UnlabeledImages(Dataset):
 
     Returns ``transform(image)`` (or the PIL image when ``transform`` is None). Unreadable files are dropped
     when the dataset is built, with one warning; ``.skipped`` counts them and ``.skipped_files`` says why.
-    ``.files`` lists the images in item order (None for a Dataset source). ``check=False`` skips the up-front
-    decode (faster start on huge folders; bad files are then replaced at load time and counted only in the
-    process that met them, so use it with ``num_workers=0`` when the count matters).
+    ``.scan`` (a ``ScanReport``) accounts for every file: used, skipped with a reason, or ignored by a rule
+    (hidden, not an image, duplicate through a symlink...); ``.scan.counts()`` is what a run summary records.
+    For a list of paths or a Dataset the scan covers the given items (a list is taken as given: no
+    de-duplication). ``.files`` lists the images in item order (None for a Dataset source). ``check=False``
+    skips the up-front decode (faster start on huge folders; bad files are then replaced at load time and
+    counted only in the process that met them, so use it with ``num_workers=0`` when the count matters).
 
     Example:
         >>> import tempfile, numpy as np
         >>> root = write_image_folder(np.zeros((3, 8, 8, 4), np.uint8), None, tempfile.mkdtemp())
         >>> _ = open(f"{root}/broken.jpg", "wb")
+        >>> _ = open(f"{root}/notes.txt", "w")
         >>> import warnings
         >>> with warnings.catch_warnings(record=True):
         ...     ds = UnlabeledImages(root)
         >>> len(ds), ds.skipped, ds[0].mode
         (3, 1, 'RGB')
+        >>> {k: ds.scan.counts()[k] for k in ("found", "used", "skipped", "ignored")}
+        {'found': 5, 'used': 3, 'skipped': 1, 'ignored': 1}
     """
 
     def __init__(
@@ -171,23 +182,24 @@ class UnlabeledImages(Dataset):
             self.dataset = source
             if len(source) == 0:  # type: ignore[arg-type]
                 raise ValueError("the dataset passed as data is empty.")
+            self.scan = ScanReport(dataset_items=len(source))  # type: ignore[arg-type]
             return
         if isinstance(source, (str, Path)):
-            paths = find_images(source)
+            self.scan = _walk(source)
         elif isinstance(source, Sequence):
-            paths = [Path(p) for p in source]
-            if not paths:
+            if not source:
                 raise ValueError("the list of image paths is empty.")
+            self.scan = ScanReport(used=[Path(p) for p in source])
         else:
             raise ValueError(f"data must be an image folder, a list of image paths or a torch Dataset, "
                              f"got {type(source).__name__}.")
         if check:
-            paths, self.skipped_files = scan_images(paths, progress=progress)
-            _warn_skipped(self.skipped_files, len(paths) + len(self.skipped_files))
-        if not paths:
+            _check_scan(self.scan, progress)
+        self.skipped_files = list(self.scan.skipped)
+        if not self.scan.used:
             raise ValueError(f"none of the {len(self.skipped_files)} image files could be read "
                              f"(e.g. {self.skipped_files[0][0]}: {self.skipped_files[0][1]}).")
-        self.files = paths
+        self.files = list(self.scan.used)
 
     @property
     def skipped(self) -> int:
@@ -198,7 +210,10 @@ class UnlabeledImages(Dataset):
         return len(self.files) if self.files is not None else len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        img = self.dataset_image(index) if self.dataset is not None else self._file_image(index)
+        if self.dataset is not None:
+            img = self.dataset_image(index)
+        else:
+            img = _load_readable(self.files, index, self._runtime_bad, self.scan)[1]  # type: ignore[arg-type]
         return self.transform(img) if self.transform is not None else img
 
     def dataset_image(self, index: int) -> Image.Image:
@@ -214,37 +229,23 @@ class UnlabeledImages(Dataset):
             item = item[0]
         return to_pil(item)
 
-    def _file_image(self, index: int) -> Image.Image:
-        n = len(self.files)  # type: ignore[arg-type]
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._runtime_bad:
-                continue
-            try:
-                return load_rgb(self.files[i])  # type: ignore[index]
-            except Exception as err:
-                # Never crash mid-epoch: remember the file, warn once, serve the next readable image.
-                if not self._runtime_bad:
-                    warnings.warn(f"skipping unreadable image {self.files[i]} ({type(err).__name__}: {err}); "
-                                  "later failures in this process are counted in .skipped without a warning.",
-                                  stacklevel=2)
-                self._runtime_bad.add(i)
-        raise RuntimeError("no image in this dataset can be decoded any more; check the image folder.")
-
 
 class LabeledImageFolder(Dataset):
     """Class-per-subfolder images (``root/<class>/**/*.png``) returning ``(tensor, label)``.
 
     ``.classes`` are the sorted subfolder names (label = index). Without ``transform``, images become float
-    tensors (C, H, W) in [0, 1]. Unreadable files are skipped with one warning and counted in ``.skipped``.
+    tensors (C, H, W) in [0, 1]. Unreadable files are skipped with one warning and counted in ``.skipped``;
+    ``.scan`` accounts for every file under ``root`` (a file outside the class folders is ignored as
+    "not in a class folder"). A file that breaks after the scan is replaced by the next readable
+    ``(image, label)`` pair: an image is never served with another file's label.
 
     Example:
         >>> import tempfile, numpy as np
         >>> root = write_image_folder(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 1, 0], tempfile.mkdtemp(),
         ...                           class_names=["cat", "dog"])
         >>> ds = LabeledImageFolder(root)
-        >>> ds.classes, ds.targets, tuple(ds[0][0].shape)
-        (['cat', 'dog'], [0, 0, 1, 1], (3, 8, 8))
+        >>> ds.classes, ds.targets, tuple(ds[0][0].shape), ds.scan.counts()["used"]
+        (['cat', 'dog'], [0, 0, 1, 1], (3, 8, 8), 4)
     """
 
     def __init__(
@@ -258,43 +259,42 @@ class LabeledImageFolder(Dataset):
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"labeled image folder {root} does not exist (expected root/<class>/<images>).")
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        samples: list[tuple[Path, int]] = []
-        self.classes: list[str] = []
-        for d in class_dirs:
-            try:
-                paths = find_images(d)
-            except ValueError:
-                continue  # a folder without images is not a class
-            samples += [(p, len(self.classes)) for p in paths]
-            self.classes.append(d.name)
-        if not samples:
+        self.scan = walk_images(root)
+        # A class is a top-level folder holding image files (readable or not: a class whose files are all
+        # broken still exists, so labels do not shift when one folder is damaged).
+        in_class = [p for p in self.scan.used if len(p.relative_to(root).parts) > 1]
+        loose = [p for p in self.scan.used if len(p.relative_to(root).parts) == 1]
+        self.scan.ignored += [(p, "not in a class folder") for p in loose]
+        self.scan.ignored.sort(key=lambda item: str(item[0]))
+        self.scan.used = in_class
+        self.classes: list[str] = sorted({p.relative_to(root).parts[0] for p in in_class})
+        if not self.classes:
             raise ValueError(f"no class subfolders with images under {root}; a labeled folder needs one "
                              "subfolder per class: root/<class name>/<images>.")
-        self.skipped_files: list[tuple[Path, str]] = []
         if check:
-            good, self.skipped_files = scan_images([p for p, _ in samples], progress=progress)
-            _warn_skipped(self.skipped_files, len(samples))
-            keep = set(good)
-            samples = [s for s in samples if s[0] in keep]
-        self.samples = samples
-        self.targets = [label for _, label in samples]
-        self.files = [p for p, _ in samples]
+            _check_scan(self.scan, progress)
+        self.skipped_files = list(self.scan.skipped)
+        label = {name: i for i, name in enumerate(self.classes)}
+        samples = [(p, label[p.relative_to(root).parts[0]]) for p in self.scan.used]
+        self.samples = sorted(samples, key=lambda s: (s[1], str(s[0])))  # grouped by class, then by path
+        self.targets = [y for _, y in self.samples]
+        self.files = [p for p, _ in self.samples]
         self.transform = transform
-        self._images = UnlabeledImages(self.files, check=False)  # shares the robust per-item decode
+        self._runtime_bad: set[int] = set()
 
     @property
     def skipped(self) -> int:
-        """Files left out because they could not be decoded."""
-        return len(self.skipped_files) + self._images.skipped
+        """Files left out: found unreadable up front, plus any that failed to decode later in this process."""
+        return len(self.skipped_files) + len(self._runtime_bad)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        img = self._images._file_image(index)
+        # The label comes from the item actually served: a replacement image keeps its own label.
+        i, img = _load_readable(self.files, index, self._runtime_bad, self.scan)
         out = self.transform(img) if self.transform is not None else pil_to_tensor(img)
-        return out, self.targets[index]
+        return out, self.targets[i]
 
 
 def write_image_folder(
@@ -426,10 +426,43 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _check_scan(report: ScanReport, progress: bool) -> None:
+    """Decode ``report.used`` once; move the unreadable files to ``report.skipped`` and warn once."""
+    good, bad = scan_images(report.used, progress=progress)
+    report.used = good
+    report.skipped = sorted(report.skipped + bad, key=lambda item: str(item[0]))
+    _warn_skipped(report.skipped, len(good) + len(report.skipped))
+
+
+def _load_readable(files: list[Path], index: int, bad: set[int], scan: ScanReport) -> tuple[int, Image.Image]:
+    """``(i, image)`` for the first readable item from ``index`` on (wrapping around), so a caller serves item
+    ``i``'s label with it. Never crash mid-epoch: a failing file is remembered in ``bad``, warned about once,
+    and moved from ``scan.used`` to ``scan.skipped``."""
+    n = len(files)
+    if not -n <= index < n:
+        raise IndexError(f"index {index} out of range for {n} images")  # ends `for x in dataset` loops
+    for step in range(n):
+        i = (index + step) % n
+        if i in bad:
+            continue
+        try:
+            return i, load_rgb(files[i])
+        except Exception as err:
+            if not bad:
+                warnings.warn(f"skipping unreadable image {files[i]} ({type(err).__name__}: {err}); "
+                              "later failures in this process are counted in .skipped without a warning.",
+                              stacklevel=3)
+            bad.add(i)
+            if files[i] in scan.used:
+                scan.used.remove(files[i])
+            scan.skipped.append((files[i], "unreadable at load time"))
+    raise RuntimeError("no image in this dataset can be decoded any more; check the image folder.")
+
+
 def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
     if not bad:
         return
     examples = "; ".join(f"{p.name} ({why})" for p, why in bad[:5])
     more = f"; ... (+{len(bad) - 5} more)" if len(bad) > 5 else ""
     warnings.warn(f"skipped {len(bad)} of {total} image files that cannot be decoded: {examples}{more}. "
-                  "They are left out of training and counted in the run summary.", stacklevel=3)
+                  "They are left out of training and counted in the run summary.", stacklevel=4)
