@@ -34,7 +34,7 @@ def write_digits(root: Path, n: int) -> Path:
     """``n`` real scikit-learn digit scans upscaled to 32 px RGB PNGs (repeated if n > 1797)."""
     from sklearn.datasets import load_digits
 
-    from warmstart.core.data import write_image_folder
+    from warmstart.testing import write_image_folder
 
     d = load_digits()
     idx = np.arange(n) % len(d.images)
@@ -85,7 +85,7 @@ def hand_loop(data: Path, epochs: int) -> float:
 
 
 def warmstart_run(data: Path, epochs: int, out: Path) -> float:
-    from warmstart.lightning_callbacks.pretraining import pretrain
+    from warmstart.pretraining import pretrain
 
     summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=epochs, batch_size=BATCH,
                        image_size=SIZE, accelerator="cpu", devices=1, progress=False, overwrite=True)

@@ -1,6 +1,6 @@
 """Does SSL pretraining of the YOLO backbone help detection? Pretrained vs scratch on the same budget.
 
-1. Generate a YOLO-format shapes dataset (``warmstart.yolo_integration.make_shapes_dataset``).
+1. Generate a YOLO-format shapes dataset (``warmstart.testing.make_shapes_dataset``).
 2. SSL-pretrain the yolov8n backbone (layers through SPPF) on its *training images only*, labels unused, with
    ``warmstart.pretrain(..., model="ultralytics/yolov8n.yaml")``.
 3. Fine-tune ``wrap(YOLO("yolov8n.yaml"), backbone_weights=<export>)`` and train ``YOLO("yolov8n.yaml")`` from
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     from ultralytics import YOLO
 
     import warmstart
-    from warmstart.yolo_integration import make_shapes_dataset, wrap
+    from warmstart.testing import make_shapes_dataset
+    from warmstart.yolo_integration import wrap
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

@@ -116,8 +116,8 @@ def label_subset(y: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
 def pretrain_backbone(images: np.ndarray, out: Path, epochs: int, seed: int = 0, engine: str = "loop") -> Path:
     """SimCLR on the unlabeled images; returns the exported backbone weights file (safetensors)."""
     if engine == "warmstart":
-        from warmstart.core.data import write_image_folder
-        from warmstart.lightning_callbacks import pretrain
+        from warmstart.pretraining import pretrain
+        from warmstart.testing import write_image_folder
 
         folder = write_image_folder(images, None, out / "unlabeled")
         summary = pretrain(out / "pretrain", folder, make_trunk(), method="simclr", epochs=epochs, batch_size=128,

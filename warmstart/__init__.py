@@ -16,7 +16,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("core", "lightning_callbacks", "hf_integration", "yolo_integration")
+_SUBPACKAGES = ("core", "pretraining", "lightning_callbacks", "hf_integration", "yolo_integration")
 # name -> module that defines it, imported on first attribute access (PEP 562).
 _ATTRIBUTES = {
     "layer_groups": "warmstart.core",
@@ -26,8 +26,8 @@ _ATTRIBUTES = {
     "apply_lora": "warmstart.core",
     "merge_lora": "warmstart.core",
     "UnfreezeSchedule": "warmstart.core",
-    "pretrain": "warmstart.lightning_callbacks.pretraining",
-    "embed": "warmstart.embed",
+    "pretrain": "warmstart.pretraining",
+    "embed": "warmstart.pretraining",
 }
 
 __all__ = sorted(_ATTRIBUTES) + list(_SUBPACKAGES) + ["__version__"]

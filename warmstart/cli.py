@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from .lightning_callbacks.pretraining import pretrain
+    from .pretraining import pretrain
 
     summary = pretrain(
         out=args.out, data=args.data, model=args.model, method=args.method, epochs=args.epochs,
@@ -141,7 +141,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _run_pretrain_until_stopped(args: argparse.Namespace) -> int:
-    from .lightning_callbacks.run_checkpoint import TrainingInterrupted
+    from .pretraining import TrainingInterrupted
 
     try:
         return _run_pretrain(args)
@@ -152,7 +152,7 @@ def _run_pretrain_until_stopped(args: argparse.Namespace) -> int:
 
 
 def _run_embed(args: argparse.Namespace) -> int:
-    from .embed import embed
+    from .pretraining import embed
 
     feats = embed(args.data, args.model, weights=args.weights, out=args.out, batch_size=args.batch_size,
                   image_size=args.image_size, num_workers=args.num_workers, progress=not args.no_progress)

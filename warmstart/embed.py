@@ -1,145 +1,24 @@
-"""Pooled backbone features of every image in a folder: ``warmstart.embed`` / ``warmstart embed``.
-
-For retrieval, clustering, kNN checks or a quick linear probe of a pretrained backbone. Images go through a
-fixed eval transform (resize, center crop, ImageNet normalisation) so the same folder always gives the same
-array; row ``i`` of ``embeddings.npy`` belongs to line ``i`` of ``files.txt``.
+"""Deprecated alias of :mod:`warmstart.pretraining.embedding`; ``warmstart.embed(...)``, the function, is not
+deprecated (it is a lazy attribute of ``warmstart``). Importing this module warns; it goes away in the next release.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import types
-from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from ._deprecated import alias_module
 
-from ._optional import require
-from .core.backbones import IMAGENET_NORMALIZE, Backbone, build_backbone
-from .core.checkpoints import atomic_write, load_backbone_weights, resolve_weights_path
-from .core.data import UnlabeledImages
-
-
-def eval_transform(image_size: int = 64, normalize: dict | None = IMAGENET_NORMALIZE) -> Callable[[Any], torch.Tensor]:
-    """Resize (shorter side) + center crop to ``image_size``, to tensor, ``normalize`` mean/std (None: skip).
-
-    Pass ``backbone.normalize`` so features see the inputs the backbone was pretrained on.
-
-    Example:
-        >>> from PIL import Image
-        >>> tuple(eval_transform(32)(Image.new("RGB", (48, 40))).shape)
-        (3, 32, 32)
-    """
-    t = require("torchvision.transforms", "timm")
-    steps = [t.Resize(image_size), t.CenterCrop(image_size), t.ToTensor()]
-    if normalize:
-        steps.append(t.Normalize(normalize["mean"], normalize["std"]))
-    return t.Compose(steps)
-
-
-def embed(
-    data: str | Path | Sequence[str | Path] | Dataset,
-    model: str | nn.Module | None,
-    weights: str | Path | None = None,
-    out: str | Path | None = None,
-    batch_size: int = 64,
-    image_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
-    """Return the pooled features ``(N, feature_dim)`` (float32) of every readable image in ``data``.
-
-    ``data``: an image folder (recursive), a list of image paths or a Dataset of images. ``model``: a backbone
-    spec (``"torchvision/resnet18"``), a model object or a :class:`Backbone`; None takes the spec from
-    ``weights``' ``backbone.json``. ``weights``: a warmstart export (file or folder) loaded with
-    ``load_backbone_weights`` (a missing path raises FileNotFoundError; a damaged file, a ValueError naming it).
-    With ``out``, writes ``out/embeddings.npy`` and ``out/files.txt`` (one path per row; unreadable files are
-    skipped with a warning, so they have no row).
-
-    Example:
-        >>> import tempfile, numpy as np
-        >>> from warmstart.core.data import write_image_folder
-        >>> root = write_image_folder(np.zeros((3, 16, 16, 3), np.uint8), None, tempfile.mkdtemp())
-        >>> embed(root, "torchvision/resnet18", image_size=32, progress=False).shape
-        (3, 512)
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    # Data first: a wrong folder should fail before any model is built.
-    dataset = data if isinstance(data, UnlabeledImages) else UnlabeledImages(data, progress=progress)
-    backbone = _backbone(model, weights, image_size)
-    dataset.transform = eval_transform(image_size, backbone.normalize)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
-                                                                          else "cpu")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    was_training = backbone.training
-    backbone.to(device).eval()
-    feats = []
-    try:
-        batches = loader
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(loader, desc="embedding", unit="batch")
-        with torch.inference_mode():
-            for batch in batches:
-                feats.append(backbone(batch.to(device, non_blocking=True)).float().cpu())
-    finally:
-        backbone.train(was_training)
-    result = torch.cat(feats).numpy()
-    if out is not None:
-        _write(Path(out), result, dataset)
-    return result
-
-
-def _backbone(model: str | nn.Module | None, weights: str | Path | None, image_size: int) -> Backbone:
-    # Resolve the weights first: a missing or empty folder is the real problem, not the omitted model.
-    weights_file = resolve_weights_path(weights) if weights is not None else None
-    if model is None:
-        meta = weights_file.parent / "backbone.json" if weights_file is not None else None
-        if meta is None or not meta.is_file():
-            raise ValueError("model is required: a spec like 'torchvision/resnet18' or a model object "
-                             "(it can be omitted only when weights is an export with backbone.json next to it).")
-        spec = json.loads(meta.read_text()).get("spec")
-        if not spec:
-            raise ValueError(f"{meta} names no spec (the backbone was a custom module); pass model= explicitly.")
-        model = spec
-    backbone = model if isinstance(model, Backbone) else build_backbone(model, image_size=image_size)
-    if weights_file is not None:
-        load_backbone_weights(backbone, weights_file)
-    return backbone
-
-
-def _write(out: Path, features: np.ndarray, dataset: UnlabeledImages) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    # np.save appends ".npy" to names without it, so write through a file object to keep the temp name.
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, features)
-
-    atomic_write(out / "embeddings.npy", save)
-    names = [str(p) for p in dataset.files] if dataset.files is not None else [str(i) for i in range(len(dataset))]
-    text = "\n".join(names) + "\n"
-    atomic_write(out / "files.txt", lambda tmp: Path(tmp).write_text(text))
-
-
-__all__ = ["embed", "eval_transform"]
+_module = alias_module(globals(), "warmstart.pretraining.embedding")
 
 
 class _CallableModule(types.ModuleType):
-    """``warmstart.embed`` is both this module and the function: importing the submodule (the CLI does) makes
-    Python set the package attribute ``warmstart.embed`` to the module, replacing the lazily exported function.
-    A callable module keeps ``warmstart.embed(...)`` working in either order."""
+    """Importing this submodule makes Python set the package attribute ``warmstart.embed`` to the module, replacing
+    the lazily exported function; a callable module keeps ``warmstart.embed(...)`` working in either order."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        return embed(*args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _module.embed(*args, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule

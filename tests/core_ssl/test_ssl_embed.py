@@ -10,8 +10,8 @@ from ssl_core_helpers import rgb
 import warmstart
 from warmstart.core.backbones import build_backbone
 from warmstart.core.checkpoints import export_backbone
-from warmstart.core.data import write_image_folder
-from warmstart.embed import embed
+from warmstart.pretraining import embed
+from warmstart.testing import write_image_folder
 
 
 @pytest.fixture()
@@ -69,8 +69,18 @@ def test_embed_errors(tmp_path):
         embed(root, "torchvision/resnet18", batch_size=0)
 
 
-def test_package_attribute_and_module_are_both_callable():
+def test_package_attribute_is_the_function_and_old_module_still_callable():
     import importlib
+    import sys
 
-    module = importlib.import_module("warmstart.embed")  # sets warmstart.embed to the module
-    assert callable(warmstart.embed) and callable(module) and module.embed is embed
+    saved = sys.modules.pop("warmstart.embed", None)
+    vars(warmstart).pop("embed", None)  # an earlier test may have imported the old module
+    assert warmstart.embed is embed  # the lazy export: no module of the same name shadows it any more
+    try:
+        with pytest.warns(DeprecationWarning, match="warmstart.pretraining.embedding"):
+            module = importlib.import_module("warmstart.embed")  # sets warmstart.embed to the (deprecated) module
+        assert callable(warmstart.embed) and callable(module) and module.embed is embed
+    finally:
+        if saved is not None:
+            sys.modules["warmstart.embed"] = saved
+        warmstart.embed = embed

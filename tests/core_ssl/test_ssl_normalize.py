@@ -8,7 +8,7 @@ from PIL import Image
 
 from warmstart.core.backbones import IMAGENET_NORMALIZE, Backbone, build_backbone
 from warmstart.core.ssl import get_method
-from warmstart.embed import eval_transform
+from warmstart.pretraining.embedding import eval_transform
 
 
 def test_yolo_views_are_unnormalized_pixels_like_ultralytics_training():

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from warmstart.lightning_callbacks.pretraining import pretrain
+from warmstart.pretraining import pretrain
 
 
 class Progress(L.Callback):

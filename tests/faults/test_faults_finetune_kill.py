@@ -130,7 +130,7 @@ def test_hf_trainer_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
 
 def test_yolo_kill_while_saving_then_resume_keeps_schedule_position(tmp_path):
     pytest.importorskip("ultralytics")
-    from warmstart.yolo_integration.synthetic import make_shapes_dataset
+    from warmstart.testing import make_shapes_dataset
 
     data = str(make_shapes_dataset(tmp_path / "shapes"))
 

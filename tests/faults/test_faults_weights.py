@@ -139,8 +139,8 @@ def truncated_export(tmp_path_factory) -> Path:
 
 
 def _through_embed(folder: Path) -> None:
-    from warmstart.core.data import write_image_folder
-    from warmstart.embed import embed
+    from warmstart.pretraining import embed
+    from warmstart.testing import write_image_folder
 
     images = write_image_folder(np.zeros((2, 16, 16, 3), np.uint8), None, folder.parent / "images")
     embed(images, None, weights=folder, image_size=32, progress=False)  # the spec comes from backbone.json
@@ -206,8 +206,8 @@ def test_yolo_wrap_accepts_an_export_folder_and_names_a_missing_one(tmp_path):
 
 
 def test_missing_weights_folder_is_named_by_embed_lightning_and_hf(tmp_path):
-    from warmstart.core.data import write_image_folder
-    from warmstart.embed import embed
+    from warmstart.pretraining import embed
+    from warmstart.testing import write_image_folder
 
     images = write_image_folder(np.zeros((1, 16, 16, 3), np.uint8), None, tmp_path / "images")
     missing = tmp_path / "exported"
@@ -227,8 +227,8 @@ def test_missing_weights_folder_is_named_by_embed_lightning_and_hf(tmp_path):
 
 
 def test_embed_reads_the_spec_next_to_an_export_file(export, tmp_path):
-    from warmstart.core.data import write_image_folder
-    from warmstart.embed import embed
+    from warmstart.pretraining import embed
+    from warmstart.testing import write_image_folder
 
     folder, _ = export
     images = write_image_folder(np.zeros((2, 16, 16, 3), np.uint8), None, tmp_path / "images")
@@ -402,8 +402,8 @@ def test_lightning_callback_refuses_a_partial_export_by_default(export, tmp_path
 
 
 def test_written_files_get_the_mode_open_would_give(tmp_path):
-    from warmstart.core.data import write_image_folder
-    from warmstart.embed import embed
+    from warmstart.pretraining import embed
+    from warmstart.testing import write_image_folder
 
     images = write_image_folder(np.zeros((2, 16, 16, 3), np.uint8), None, tmp_path / "images")
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -8,7 +8,7 @@ import sys
 import torch
 from ssl_helpers import tiny_cnn
 
-from warmstart.lightning_callbacks.pretraining import pretrain
+from warmstart.pretraining import pretrain
 
 if __name__ == "__main__":
     data, out = sys.argv[1], sys.argv[2]

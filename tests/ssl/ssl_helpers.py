@@ -34,7 +34,7 @@ def digits(n: int, size: int = 32, offset: int = 0) -> tuple[np.ndarray, np.ndar
 
 def digit_folder(root: Path, n: int = 48, labeled: bool = False, offset: int = 0) -> Path:
     """Write ``n`` digits as PNGs under ``root`` (class subfolders when ``labeled``)."""
-    from warmstart.core.data import write_image_folder
+    from warmstart.testing import write_image_folder
 
     images, labels = digits(n, offset=offset)
     return write_image_folder(images, labels if labeled else None, root)

@@ -13,8 +13,8 @@ from ssl_helpers import digits, one_thread, tiny_cnn  # noqa: F401 (one_thread i
 from torch.utils.data import DataLoader, Dataset
 
 from warmstart.core.ssl import METHODS, get_method, knn_accuracy, method_options
-from warmstart.lightning_callbacks.ssl_data import EpochShuffleSampler, collate_views
-from warmstart.lightning_callbacks.ssl_module import SSLModule
+from warmstart.pretraining import SSLModule
+from warmstart.pretraining.ssl_data import EpochShuffleSampler, collate_views
 
 
 class DigitImages(Dataset):

@@ -15,8 +15,8 @@ from ssl_helpers import digit_folder, digits, one_thread, tiny_cnn  # noqa: F401
 from torch import nn
 
 from warmstart.core.checkpoints import save_weights
-from warmstart.embed import eval_transform
-from warmstart.lightning_callbacks.pretraining import pretrain
+from warmstart.pretraining import pretrain
+from warmstart.pretraining.embedding import eval_transform
 
 RUN = dict(batch_size=16, image_size=32, progress=False, accelerator="cpu", devices=1)
 

@@ -21,7 +21,7 @@ from ssl_helpers import digits, one_thread, tiny_cnn  # noqa: F401 (one_thread: 
 from torch import nn
 
 import warmstart
-from warmstart.core.data import write_image_folder
+from warmstart.testing import write_image_folder
 
 SIZE = 16  # digits are 8x8 scans; 16 px keeps the run inside its time budget
 LABELS_PER_CLASS = 10

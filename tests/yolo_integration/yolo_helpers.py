@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from warmstart.yolo_integration.synthetic import make_shapes_dataset
+from warmstart.testing import make_shapes_dataset
 
 __all__ = ["TRAIN_ARGS", "Recorder", "make_shapes_dataset"]
 

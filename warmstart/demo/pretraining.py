@@ -102,8 +102,8 @@ def pretrain_backbone(images: np.ndarray, out: Path, *, width: int, image_size: 
     """
     if method not in METHOD_OPTIONS:
         raise ValueError(f"unknown --method {method!r}; the demo supports {', '.join(METHOD_OPTIONS)}")
-    from ..core.data import write_image_folder
-    from ..lightning_callbacks.pretraining import pretrain
+    from ..pretraining import pretrain
+    from ..testing import write_image_folder
 
     folder = write_image_folder(images, None, Path(out) / "unlabeled")
     return pretrain(

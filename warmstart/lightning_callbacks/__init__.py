@@ -1,8 +1,9 @@
-"""PyTorch Lightning front end: transfer-learning callbacks and the SSL pretraining engine.
+"""PyTorch Lightning front end: transfer-learning callbacks, each a thin shell over ``warmstart.core``.
 
 Add one line, ``Trainer(callbacks=[...])``, to an existing LightningModule: ``Freeze``, ``GradualUnfreezing``,
-``DiscriminativeLR``, ``LoRA``, ``LoadBackboneWeights``. Each is a thin shell over ``warmstart.core``. The SSL side
-(``SSLModule``, ``SSLDataModule``, ``KNNMonitor``, ``pretrain``) lives here too. Names load on first use.
+``DiscriminativeLR``, ``LoRA``, ``LoadBackboneWeights``. Names load on first use. The SSL pretraining engine
+(``SSLModule``, ``SSLDataModule``, ``KNNMonitor``, ``pretrain``) is in :mod:`warmstart.pretraining`; importing it
+from here still works for one release, with a ``DeprecationWarning``.
 
 Example:
     >>> from warmstart.lightning_callbacks import Freeze, GradualUnfreezing, DiscriminativeLR
@@ -12,6 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from .._deprecated import warn_moved
 from .._lazy import lazy_attributes
 from .._optional import require
 
@@ -25,13 +30,17 @@ _ATTRIBUTES = {
     "DiscriminativeLR": "discriminative_lr",
     "LoRA": "lora",
     "LoadBackboneWeights": "load_weights",
-    "SSLModule": "ssl_module",
-    "SSLDataModule": "ssl_data",
-    "KNNMonitor": "knn",
-    "pretrain": "pretraining",
 }
+# Moved to warmstart.pretraining; forwarded with a DeprecationWarning until the next release.
+_MOVED = ("SSLModule", "SSLDataModule", "KNNMonitor", "RunCheckpoint", "TrainingInterrupted", "pretrain")
 
 __all__ = sorted(_ATTRIBUTES)
 
+_lazy_getattr, __dir__ = lazy_attributes(__name__, _ATTRIBUTES)
 
-__getattr__, __dir__ = lazy_attributes(__name__, _ATTRIBUTES)
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # not cached, so every use of the old path warns (Python shows each location once)
+        warn_moved(f"{__name__}.{name}", f"warmstart.pretraining.{name}")
+        return getattr(importlib.import_module("warmstart.pretraining"), name)
+    return _lazy_getattr(name)

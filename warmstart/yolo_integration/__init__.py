@@ -11,6 +11,9 @@ Example:
     {'at': {'neck': 1, 'backbone': 2}}
 """
 
+from typing import Any
+
+from .._deprecated import warn_moved
 from .._optional import require
 
 require("ultralytics")
@@ -18,7 +21,6 @@ require("ultralytics")
 from .config import YoloWarmstartConfig, make_config  # noqa: E402
 from .lora_merge import clean_copy  # noqa: E402
 from .offline import offline_guard  # noqa: E402
-from .synthetic import make_shapes_dataset  # noqa: E402
 from .trainer import (  # noqa: E402
     TRAINERS,
     WarmstartClassificationTrainer,
@@ -34,5 +36,15 @@ from .wrap import is_wrapped, wrap  # noqa: E402
 __all__ = [
     "TRAINERS", "WarmstartClassificationTrainer", "WarmstartDetectionTrainer", "WarmstartOBBTrainer",
     "WarmstartPoseTrainer", "WarmstartSegmentationTrainer", "WarmstartTrainerMixin", "YoloWarmstartConfig",
-    "clean_copy", "config_of", "is_wrapped", "make_config", "make_shapes_dataset", "offline_guard", "wrap",
+    "clean_copy", "config_of", "is_wrapped", "make_config", "offline_guard", "wrap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The synthetic shapes dataset is a test/demo fixture: it moved to warmstart.testing (deprecated here).
+    if name == "make_shapes_dataset":
+        warn_moved(f"{__name__}.{name}", f"warmstart.testing.{name}")
+        from ..testing import make_shapes_dataset
+
+        return make_shapes_dataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

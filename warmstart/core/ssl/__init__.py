@@ -2,7 +2,7 @@
 
 A Method owns the backbone, its heads, a multi-view ``transform`` (PIL image -> list of view tensors) and a loss:
 ``training_loss(views)``, ``on_step_end(step, max_steps)`` (momentum updates), ``trainable_parameters()``.
-Any loop can drive one; ``warmstart.lightning_callbacks.SSLModule`` drives it with a Lightning ``Trainer``.
+Any loop can drive one; ``warmstart.pretraining.SSLModule`` drives it with a Lightning ``Trainer``.
 
 Example:
     >>> import torch

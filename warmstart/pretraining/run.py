@@ -1,0 +1,357 @@
+"""``pretrain()``: self-supervised pretraining / distillation of a backbone with a real Lightning Trainer.
+
+Everything that can be wrong with the input (paths, method, model spec, teacher, batch size vs data) is checked
+before the Trainer starts. Distributed strategies are Lightning's (``strategy="ddp"``, ``"fsdp"``, ...): this file
+has no distributed code of its own; only rank 0 writes the exported weights, ``metrics.csv`` and ``summary.json``.
+
+Output layout (``out/``)::
+
+    checkpoints/last.ckpt      Lightning checkpoint (resume with resume=True)
+    exported/backbone.safetensors, backbone.pt, backbone.json   native-layout backbone weights
+    logs/csv/version_N/, logs/tensorboard/version_N/            Lightning loggers
+    metrics.csv                all CSV log versions flattened into one file
+    summary.json               images seen, files skipped, final loss, wall time, images/s, ...
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .._optional import require
+from ..core.run_manifest import MANIFEST_NAME, RunManifest, remove_previous_run
+from ..core.ssl import METHODS, get_method
+from .knn import KNNMonitor
+from .run_checkpoint import RunCheckpoint, TrainingInterrupted, parse_every
+from .ssl_data import SSLDataModule
+from .ssl_module import SSLModule
+
+L = require("lightning", "lightning")
+
+# What pretrain writes into `out`, recorded file by file in the run's manifest; overwrite=True removes only files
+# that manifest lists, never other files the user keeps there (ARCHITECTURE.md rule 11).
+OUTPUTS = ("checkpoints", "exported", "logs", "metrics.csv", "summary.json", MANIFEST_NAME)
+
+
+class _Throughput(L.Callback):
+    """Times the training loop itself (not setup/teardown) for the images/s in the summary."""
+
+    def __init__(self) -> None:
+        self.start_step, self.start_time, self.seconds = 0, 0.0, 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step, self.start_time = trainer.global_step, time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Freeze the measured time (also called when training ends on a signal, where on_train_end is not)."""
+        if self.start_time and not self.seconds:
+            self.seconds = time.perf_counter() - self.start_time
+
+
+def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str | nn.Module,
+             method: str = "simclr", epochs: int = 10, batch_size: int = 64, image_size: int = 64,
+             devices: int | str | list = "auto", strategy: Any = "auto", precision: str | int = "32-true",
+             num_nodes: int = 1, accelerator: str = "auto", resume: bool = False, overwrite: bool = False,
+             val_data: str | Path | None = None, teacher: str | nn.Module | None = None,
+             teacher_weights: str | Path | None = None, lr: float | None = None, num_workers: int = 0,
+             seed: int = 0, progress: bool = True, callbacks: Sequence[L.Callback] = (),
+             transform: Callable | None = None, checkpoint_every: int | str | None = "5min",
+             **method_kwargs: Any) -> dict:
+    """Pretrain ``model`` on the unlabeled images in ``data`` with ``method``; export its weights to ``out``.
+
+    Args:
+        out: output folder (refused if non-empty unless ``overwrite`` or ``resume``).
+        data: folder of images (recursive), list of image paths, or a torch Dataset of images.
+        model: backbone spec ("torchvision/resnet18", "timm/<name>", "hf/<type or folder>",
+            "ultralytics/yolov8n.yaml") or an nn.Module (wrapped by ``build_backbone``).
+        method: "simclr", "byol", "dino" or "distillation" (needs ``teacher`` + ``teacher_weights``).
+        devices, strategy, precision, num_nodes, accelerator: passed to ``lightning.Trainer`` unchanged.
+        resume: continue from ``out/checkpoints/last.ckpt`` (same arguments as the interrupted run): mid-epoch
+            where the checkpoint was written mid-epoch (single process), else from the last epoch end.
+        overwrite: start over in a used ``out``: removes only the files the previous run's manifest lists.
+        checkpoint_every: besides every epoch end, also write ``last.ckpt`` every N steps (int) or every
+            duration (``"5min"``, ``"90s"``); None or 0: epoch ends only. SIGINT/SIGTERM always write one and
+            raise :class:`TrainingInterrupted` after a partial ``summary.json``.
+        val_data: optional labeled folder (class per subfolder): logs ``knn_acc`` every epoch.
+        lr: peak learning rate (default: the method's ``default_lr``).
+        callbacks: extra Lightning callbacks.
+        transform: your own views for your domain (PIL image -> list of view tensors, as many as the method
+            expects: 2 for simclr/byol/distillation, e.g. ``lightly.transforms.SimCLRTransform(hf_prob=0, ...)``
+            for images where flips change the meaning). Default: the method's own lightly transform.
+        method_kwargs: method options, e.g. ``temperature=0.1`` (see ``warmstart.core.ssl.method_options``).
+
+    Returns:
+        The summary dict (also written to ``out/summary.json`` by rank 0).
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from warmstart.testing import write_image_folder
+        >>> data = write_image_folder(np.random.randint(0, 255, (8, 32, 32, 3), np.uint8), None, tempfile.mkdtemp())
+        >>> summary = pretrain(tempfile.mkdtemp(), data, "torchvision/resnet18", epochs=1, batch_size=4,
+        ...                    image_size=32, progress=False)  # doctest: +SKIP
+        >>> summary["images_seen"]  # doctest: +SKIP
+        8
+    """
+    wall_start = time.perf_counter()
+    out = Path(out)
+    launched_child = _is_launched_child()
+    # ---- validate everything before any training starts -------------------------------------------------------
+    if str(method).lower() not in METHODS:
+        raise ValueError(f"unknown SSL method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+    method = str(method).lower()
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if int(batch_size) < 2:
+        raise ValueError(f"batch_size must be >= 2 for self-supervised losses, got {batch_size}")
+    if (teacher is not None or teacher_weights is not None) and method != "distillation":
+        raise ValueError(f"teacher/teacher_weights are only used by method='distillation', not {method!r}")
+    parse_every(checkpoint_every)  # a bad cadence fails now, not after the first epoch
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    if not launched_child:
+        _check_out(out, checkpoint, resume=resume, overwrite=overwrite)
+    from ..core.data import UnlabeledImages
+
+    dataset = UnlabeledImages(data, progress=progress)  # raises a clear error for a missing folder / no images
+    knn = KNNMonitor(val_data, image_size=image_size) if val_data is not None else None
+    if knn is not None:
+        knn.dataset(image_size)  # fail now, not after the first epoch, if the folder has no classes
+
+    L.seed_everything(seed, workers=True, verbose=False)  # before building models: same init for the same seed
+    backbone = _build(model, image_size, "model")
+    if method == "distillation":
+        method_kwargs["teacher"] = _teacher(teacher, teacher_weights, image_size)
+    ssl_method = get_method(method, backbone, image_size, **method_kwargs)
+    if transform is not None:
+        ssl_method.transform = _check_transform(transform, ssl_method.transform, dataset)
+    dataset.transform = ssl_method.transform
+    module = SSLModule(ssl_method, lr=lr, seed=seed)
+    datamodule = SSLDataModule(dataset, ssl_method.transform, batch_size=batch_size, num_workers=num_workers,
+                               seed=seed)
+
+    if overwrite and not launched_child and not resume:
+        _remove_outputs(out)
+    manifest = RunManifest.load(out) if resume else RunManifest(out)
+    loggers = [L.pytorch.loggers.CSVLogger(out / "logs", name="csv"),
+               L.pytorch.loggers.TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False)]
+
+    def record_outputs() -> None:  # rank 0, after every checkpoint and at the end: what overwrite may remove
+        logger_dirs = [Path(lg.log_dir) for lg in loggers]
+        manifest.add(p for p in [checkpoint, *logger_dirs, out / "exported", out / "metrics.csv",
+                                 out / "summary.json"] if p.exists())
+        manifest.save()
+
+    throughput = _Throughput()
+    all_callbacks: list[L.Callback] = [throughput, *callbacks]
+    if knn is not None:
+        all_callbacks.append(knn)
+    all_callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
+    # Last, so an epoch-end checkpoint holds the kNN result and every other callback's state of that epoch.
+    run_checkpoint = RunCheckpoint(out / "checkpoints", every=checkpoint_every, on_save=record_outputs)
+    all_callbacks.append(run_checkpoint)
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    trainer = L.Trainer(
+        max_epochs=int(epochs), devices=devices, strategy=strategy, precision=precision, num_nodes=num_nodes,
+        accelerator=accelerator, logger=loggers, callbacks=all_callbacks, default_root_dir=out,
+        # RunCheckpoint writes last.ckpt; Lightning's default ModelCheckpoint would add a second, unlisted copy.
+        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=progress, enable_model_summary=progress,
+        log_every_n_steps=max(1, min(10, len(dataset) // int(batch_size))),
+    )
+    per_rank = len(dataset) // max(trainer.world_size, 1)
+    if per_rank < int(batch_size):
+        raise ValueError(
+            f"{len(dataset)} images over {trainer.world_size} process(es) is {per_rank} per process, fewer than "
+            f"batch_size={batch_size} (incomplete batches are dropped). Lower --batch-size or add images."
+        )
+    # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
+    run_checkpoint.mid_epoch = trainer.world_size == 1
+    # ---- train ----------------------------------------------------------------------------------------------
+    info = dict(model=model, method=method, image_size=image_size, batch_size=int(batch_size), epochs=int(epochs),
+                resume=resume, lr=module.lr, seed=seed, precision=precision, out=out)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+    except TrainingInterrupted as stop:
+        throughput.stop()
+        if trainer.is_global_zero:  # what was done so far, so a user sees where the run stands
+            summary = _summary(trainer, module, datamodule, throughput, knn, **info)
+            summary.update(status="interrupted", signal=stop.signum, checkpoint=str(stop.checkpoint))
+            _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
+            summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
+            _write_json(out / "summary.json", summary)
+            record_outputs()
+        raise
+
+    summary = _summary(trainer, module, datamodule, throughput, knn, **info)
+    if trainer.is_global_zero:
+        summary["exported"] = {k: str(v) for k, v in module.export(out / "exported").items()}
+        _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
+        summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
+        _write_json(out / "summary.json", summary)
+        record_outputs()
+    return summary
+
+
+def _is_launched_child() -> bool:
+    # Lightning's DDP launcher re-runs the user's script in child processes with LOCAL_RANK/NODE_RANK set (torchrun
+    # and SLURM set RANK too): only the first process may check or clean the output folder.
+    return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _check_out(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={out} is a file; pass a folder for the run's outputs")
+    if resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"resume=True but {checkpoint} does not exist; start without --resume")
+        _check_checkpoint(checkpoint)
+        return
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"output folder {out} is not empty; pass overwrite=True (--overwrite) to replace its "
+                         "results, resume=True (--resume) to continue its run, or choose another folder")
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    """Refuse a damaged or foreign last.ckpt with its name and the fix, before the Trainer unpickles it."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, random bytes, a pickle that needs code: all refused the same way
+        raise ValueError(
+            f"cannot resume: {checkpoint} is damaged or not a warmstart checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). Nothing was trained. Restore a good copy, or start over with "
+            "--overwrite (removes this run's files only)."
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state or "loops" not in state:
+        raise ValueError(f"cannot resume: {checkpoint} is not a Lightning checkpoint written by warmstart "
+                         "pretrain (no model state or loop progress). Start over with --overwrite.")
+
+
+def _remove_outputs(out: Path) -> None:
+    removed, left = remove_previous_run(out)
+    if left:
+        names = ", ".join(str(p.relative_to(out)) for p in left[:10]) + (" ..." if len(left) > 10 else "")
+        warnings.warn(f"overwrite: removed the previous run's {len(removed)} files; left {len(left)} files that "
+                      f"warmstart did not write (or wrote after its last checkpoint) in {out}: {names}",
+                      stacklevel=3)
+
+
+def _build(spec: str | nn.Module, image_size: int, what: str) -> nn.Module:
+    from ..core.backbones import Backbone, build_backbone
+
+    if isinstance(spec, Backbone):
+        return spec
+    if not isinstance(spec, (str, nn.Module)):
+        raise ValueError(f"{what} must be a spec string like 'torchvision/resnet18' or an nn.Module, got "
+                         f"{type(spec).__name__}")
+    return build_backbone(spec, image_size=image_size)
+
+
+def _teacher(teacher: str | nn.Module | None, weights: str | Path | None, image_size: int) -> nn.Module:
+    if teacher is None:
+        raise ValueError("method='distillation' needs teacher=<spec or nn.Module> (--teacher) and usually "
+                         "teacher_weights=<file> (--teacher-weights) with its trained weights")
+    if weights is None and isinstance(teacher, str):
+        raise ValueError(f"teacher {teacher!r} would be randomly initialized: pass teacher_weights=<file> "
+                         "(--teacher-weights) with its trained weights")
+    if weights is not None:
+        from ..core.checkpoints import resolve_weights_path
+
+        weights = resolve_weights_path(weights)  # a folder means the export inside it; missing: named error
+    net = _build(teacher, image_size, "teacher")
+    if weights is not None:
+        from ..core.checkpoints import load_backbone_weights
+
+        report = load_backbone_weights(net, weights)
+        logging.getLogger(__name__).info("teacher: %s", report.summary())
+    return net
+
+
+def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, throughput: _Throughput,
+             knn: KNNMonitor | None, **info: Any) -> dict:
+    world = max(trainer.world_size, 1)
+    per_step = info["batch_size"] * world * trainer.accumulate_grad_batches
+    session_images = (trainer.global_step - throughput.start_step) * per_step
+    loss = trainer.callback_metrics.get("train_loss_epoch", trainer.callback_metrics.get("train_loss"))
+    model = info.pop("model")
+    summary = {
+        "method": info.pop("method"),
+        "model": getattr(module.backbone, "spec", None) or (model if isinstance(model, str) else
+                                                            type(model).__name__),
+        "feature_dim": int(module.method.feature_dim),
+        **info,
+        "out": str(info["out"]),
+        "precision": str(info["precision"]),
+        "world_size": world,
+        "epochs_completed": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
+        "images_seen": int(trainer.global_step * per_step),
+        "files_total": len(datamodule.dataset),
+        "files_skipped": datamodule.skipped,
+        "final_loss": float(loss) if loss is not None else None,
+        "train_time_s": round(throughput.seconds, 3),
+        "images_per_s": round(session_images / throughput.seconds, 2) if throughput.seconds > 0 else None,
+        "checkpoint": str(Path(info["out"]) / "checkpoints" / "last.ckpt"),
+        "status": "completed",
+    }
+    scan = getattr(datamodule.dataset, "scan", None)
+    if scan is not None:  # every file under the data folder: used, skipped (why), ignored (by which rule)
+        summary["data_files"] = scan.counts()
+    if knn is not None and knn.history:
+        summary["knn_acc"] = knn.history[-1][1]
+        summary["knn_history"] = [{"epoch": e, "knn_acc": a} for e, a in knn.history]
+    return summary
+
+
+def _check_transform(transform: Callable, default: Callable, dataset: Any) -> Callable:
+    """Fail before training if a user transform gives views the method cannot use (count or type)."""
+    if not callable(transform):
+        raise ValueError(f"transform must be callable (PIL image -> list of view tensors), got {type(transform)}")
+    image = dataset[0]  # the dataset has no transform yet: a PIL image
+    ours, theirs = default(image), transform(image)
+    if not isinstance(theirs, (list, tuple)) or not all(isinstance(v, torch.Tensor) for v in theirs):
+        raise ValueError("transform must return a list of view tensors (like lightly's SimCLRTransform), "
+                         f"got {type(theirs).__name__}")
+    if len(theirs) != len(ours):
+        raise ValueError(f"transform gives {len(theirs)} views but this method uses {len(ours)} per image; "
+                         "build it from the method's lightly transform (e.g. SimCLRTransform for simclr/byol)")
+    return transform
+
+
+def _flatten_metrics(csv_root: Path, target: Path) -> None:
+    """Concatenate every CSV-logger version (a resumed run adds one) into one metrics.csv with all columns."""
+    rows: list[dict] = []
+    for path in sorted(csv_root.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[-1])):
+        with path.open(newline="") as f:
+            rows.extend(csv.DictReader(f))
+    # LearningRateMonitor rows carry a step but no epoch; give them the epoch logged at the same step.
+    epoch_at = {row.get("step"): row["epoch"] for row in rows if row.get("epoch")}
+    for row in rows:
+        if not row.get("epoch") and row.get("step") in epoch_at:
+            row["epoch"] = epoch_at[row["step"]]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = target.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns or ["epoch", "step"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, target)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,252 @@
+"""``SSLDataModule``: unlabeled images -> batches of augmented views, for ``SSLModule`` or any Lightning loop."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .._optional import require
+
+L = require("lightning", "lightning")
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends only on ``(seed, epoch)``, so a resumed run sees the same batches.
+
+    (A plain ``shuffle=True`` draws from the global RNG, whose state a checkpoint does not restore.)
+    Lightning calls ``set_epoch`` before every epoch. ``tag_epoch=True`` yields ``(epoch, index)`` pairs, which
+    :class:`SeededViews` turns into per-image augmentation seeds. ``skip_next(epoch, n)`` drops the first ``n``
+    indices of that epoch's order once: how a run resumed mid-epoch continues where it stopped.
+
+    Example:
+        >>> s = EpochShuffleSampler(5, seed=0)
+        >>> a = list(s); s.set_epoch(1); b = list(s); s.set_epoch(0)
+        >>> sorted(a), a == list(s), a == b
+        ([0, 1, 2, 3, 4], True, False)
+        >>> s.skip_next(0, 3); list(s) == a[3:]
+        True
+    """
+
+    def __init__(self, size: int, seed: int = 0, *, tag_epoch: bool = False) -> None:
+        self.size, self.seed, self.epoch, self.tag_epoch = int(size), int(seed), 0, tag_epoch
+        self._skip: tuple[int, int] | None = None
+        self._resumed_from: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def skip_next(self, epoch: int, count: int) -> None:
+        """Leave out the first ``count`` indices the next time epoch ``epoch`` is iterated."""
+        self._skip = (int(epoch), int(count))
+
+    def resume(self, state: dict[str, int], batch_size: int, num_batches: int) -> None:
+        """Continue after ``state["batches_done"]`` batches of ``state["epoch"]`` (once, however often called).
+
+        Sets the epoch too: Lightning creates the iterator (and worker prefetch) before its own ``set_epoch``.
+        """
+        key = (int(state.get("epoch", 0)), int(state.get("batches_done", 0)))
+        if key == self._resumed_from:
+            return
+        self._resumed_from = key
+        epoch, done = key
+        if done >= num_batches:  # saved at the end of an epoch: the next one starts from its first batch
+            self.set_epoch(epoch + 1)
+            return
+        self.set_epoch(epoch)
+        self.skip_next(epoch, done * batch_size)
+
+    def __iter__(self) -> Iterator[Any]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            order = order[self._skip[1]:]
+            self._skip = None
+        return iter([(self.epoch, i) for i in order] if self.tag_epoch else order)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class SeededViews(Dataset):
+    """Makes item ``(epoch, index)`` of ``dataset`` with RNGs seeded from ``(seed, epoch, index)``.
+
+    The augmentations of an image then depend on nothing else: not on the worker that made them, not on how
+    many images came before, not on whether the run was resumed mid-epoch. That is what lets a run killed at
+    any step resume to the same weights (ARCHITECTURE.md rule 11). The caller's RNG state is restored after
+    each item. Plain integer indices (e.g. from a DistributedSampler) pass through unseeded.
+
+    Example:
+        >>> ds = SeededViews(_RandomItems(), seed=0)
+        >>> ds[(0, 1)] == ds[(0, 1)], ds[(0, 1)] == ds[(1, 1)]
+        (True, False)
+    """
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        epoch, index = key
+        seed = (self.seed * 1_000_003 + int(epoch) * 100_003 + int(index)) % (2**31 - 1)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in every Lightning checkpoint.
+
+    ``state_dict`` records the epoch and how many of its batches were trained (``progress``); ``load_state_dict``
+    makes the sampler continue after them instead of replaying the epoch. Lightning calls these for "stateful"
+    loaders. :class:`SSLDataModule` also restores the same state through its own hooks, because a
+    ``configure_optimizers`` that reads ``trainer.estimated_stepping_batches`` builds the loader before Lightning
+    restores loop state; applying a state twice is harmless (see :meth:`EpochShuffleSampler.resume`).
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        done = int(self.progress()) if self.progress is not None else 0
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if isinstance(self.sampler, EpochShuffleSampler):
+            self.sampler.resume(state, int(self.batch_size or 1), len(self))
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Unlabeled images (folder, list of paths or Dataset) with a method's multi-view transform.
+
+    Batches are lists of view tensors ``[(B, 3, H, W), ...]``. ``drop_last`` keeps every batch full (contrastive
+    losses and BatchNorm dislike a tiny last batch); corrupt files are skipped and counted by
+    ``UnlabeledImages`` (``.dataset.skipped``). Under DDP Lightning's DistributedSampler shards and shuffles.
+
+    Example:
+        >>> import numpy as np, tempfile
+        >>> from warmstart.testing import write_image_folder
+        >>> from warmstart.core.ssl import get_method
+        >>> from torch import nn
+        >>> root = write_image_folder(np.zeros((4, 32, 32, 3), np.uint8), None, tempfile.mkdtemp())
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        >>> dm = SSLDataModule(root, get_method("simclr", net, 32).transform, batch_size=2)
+        >>> dm.setup("fit")
+        >>> [tuple(v.shape) for v in next(iter(dm.train_dataloader()))]
+        [(2, 3, 32, 32), (2, 3, 32, 32)]
+    """
+
+    def __init__(self, data: str | Path | list | Dataset, transform: Callable, batch_size: int = 64,
+                 num_workers: int = 0, seed: int = 0, drop_last: bool = True, pin_memory: bool = False) -> None:
+        super().__init__()
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 for self-supervised losses, got {batch_size}")
+        self.data, self.transform = data, transform
+        self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
+        self.drop_last, self.pin_memory = drop_last, pin_memory
+        self.dataset: Dataset | None = None
+        self._loader: ResumableDataLoader | None = None
+        self._resume_state: dict[str, int] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            from ..core.data import UnlabeledImages
+
+            if isinstance(self.data, UnlabeledImages):  # already scanned (pretrain validates data up front)
+                self.data.transform = self.transform
+                self.dataset = self.data
+            else:
+                self.dataset = UnlabeledImages(self.data, transform=self.transform)
+
+    @property
+    def skipped(self) -> int:
+        """Files skipped as unreadable so far (0 before ``setup``)."""
+        return int(getattr(self.dataset, "skipped", 0) or 0)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        common: dict[str, Any] = dict(
+            batch_size=self.batch_size, drop_last=self.drop_last, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory, collate_fn=collate_views,
+            # Own generator: creating the loader's iterator then draws its worker seed from here, not from the
+            # global RNG that SSLModule reseeds per epoch (else a resumed epoch would get different augmentations).
+            generator=torch.Generator().manual_seed(self.seed))
+        if distributed:
+            # Lightning swaps in a DistributedSampler (seeded, set_epoch per epoch); its integer indices are not
+            # tagged with the epoch, so a DDP run resumes from the last epoch boundary (RunCheckpoint knows).
+            return DataLoader(self.dataset, shuffle=True, **common)
+        sampler = EpochShuffleSampler(len(self.dataset), self.seed, tag_epoch=True)
+        self._loader = ResumableDataLoader(SeededViews(self.dataset, self.seed), sampler=sampler,
+                                           progress=self._batches_trained, **common)
+        if self._resume_state is not None:
+            self._loader.load_state_dict(self._resume_state)
+        return self._loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the epoch (saved in Lightning checkpoints with the data module)."""
+        return {"loader": self._loader.state_dict()} if self._loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the data module before building loaders, so the first loader already resumes.
+        self._resume_state = state_dict.get("loader")
+        if self._loader is not None and self._resume_state is not None:
+            self._loader.load_state_dict(self._resume_state)
+
+    def _batches_trained(self) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+
+def collate_views(items: list) -> list[torch.Tensor]:
+    """Stack per-image view lists into one (B, 3, H, W) tensor per view; extra fields (index, path) are dropped.
+
+    Example:
+        >>> views = collate_views([[torch.zeros(3, 4, 4), torch.ones(3, 2, 2)]] * 2)
+        >>> [tuple(v.shape) for v in views]
+        [(2, 3, 4, 4), (2, 3, 2, 2)]
+    """
+    per_image = [_views_of(item) for item in items]
+    return [torch.stack([views[i] for views in per_image]) for i in range(len(per_image[0]))]
+
+
+def _views_of(item: Any) -> list[torch.Tensor]:
+    # UnlabeledImages returns transform(image); some datasets return (views, index/path): keep the views.
+    if isinstance(item, torch.Tensor):
+        return [item]
+    if isinstance(item, (list, tuple)) and item and isinstance(item[0], (list, tuple)):
+        return list(item[0])
+    if isinstance(item, (list, tuple)) and all(isinstance(v, torch.Tensor) and v.ndim == 3 for v in item):
+        return list(item)
+    if isinstance(item, (list, tuple)) and item and isinstance(item[0], torch.Tensor):
+        return [item[0]]
+    raise TypeError(f"cannot find image views in a dataset item of type {type(item).__name__}")
+
+
+class _RandomItems(Dataset):
+    """Doctest helper: each item is a fresh draw from torch's global RNG."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> float:
+        return float(torch.rand(1))

@@ -1,0 +1,155 @@
+"""``SSLModule``: the LightningModule that trains any ``warmstart.core.ssl`` Method with any Trainer."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._optional import require
+from ..core.param_groups import is_no_decay
+from ..core.ssl import Method, get_method
+
+L = require("lightning", "lightning")
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+class SSLModule(L.LightningModule):
+    """Self-supervised pretraining of a backbone as a LightningModule.
+
+    Pass a built ``Method`` or a method name plus a backbone (spec string or nn.Module). The optimizer is AdamW
+    (or SGD) over the method's trainable parameters, no weight decay on biases and norms, and a per-step
+    schedule: linear warmup over ``warmup_fraction`` of the run, then cosine decay to 0. Momentum teachers are
+    updated after every optimizer step. Each epoch reseeds the augmentation RNG from ``(seed, epoch, rank)`` so a
+    resumed run draws the same augmentations as an uninterrupted one.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        >>> module = SSLModule("simclr", backbone=net, image_size=32)
+        >>> module.method.name, module.lr
+        ('simclr', 0.001)
+    """
+
+    def __init__(self, method: Method | str = "simclr", backbone: str | nn.Module | None = None,
+                 image_size: int = 64, *, lr: float | None = None, weight_decay: float | None = None,
+                 warmup_fraction: float = 0.1, optimizer: str = "adamw", seed: int | None = 0,
+                 method_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
+        if isinstance(method, Method):
+            if backbone is not None:
+                raise ValueError("pass either a built Method or a method name + backbone, not both")
+            self.method = method
+        else:
+            if backbone is None:
+                raise ValueError("SSLModule(method_name, backbone=...) needs a backbone spec or nn.Module")
+            from ..core.backbones import build_backbone
+
+            model = backbone if hasattr(backbone, "native_state_dict") else build_backbone(backbone,
+                                                                                         image_size=image_size)
+            self.method = get_method(method, model, image_size, **(method_kwargs or {}))
+        # Record what can be recorded as hyperparameters (objects like modules cannot).
+        plain = {"method": method if isinstance(method, str) else self.method.name,
+                 "backbone": backbone if isinstance(backbone, str) else getattr(self.backbone, "spec", None),
+                 "image_size": self.method.image_size}
+        self.save_hyperparameters(plain)
+        self.lr = float(lr if lr is not None else self.method.default_lr)
+        self.weight_decay = float(weight_decay if weight_decay is not None else self.method.default_weight_decay)
+        self.warmup_fraction, self.optimizer_name, self.seed = warmup_fraction, optimizer, seed
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The backbone being trained (what ``pretrain`` exports)."""
+        return self.method.backbone
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled backbone features of an image batch."""
+        return self.method.backbone(x)
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        views = _views(batch)
+        loss = self.method.training_loss(views)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=views[0].shape[0])
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Momentum teachers move right after the step, not in on_train_batch_end: callbacks' on_train_batch_end
+        # runs before the module's, so a checkpoint written there (RunCheckpoint) would miss this update.
+        # Lightning counts the step only after this hook returns, hence + 1.
+        self.method.on_step_end(self.trainer.global_step + 1, self.total_steps())
+
+    def on_train_epoch_start(self) -> None:
+        if self.seed is None:
+            return
+        # Seeds the (main-process) augmentation RNGs; different per rank so DDP ranks see different views.
+        seed = (int(self.seed) * 1_000_003 + self.current_epoch * 1009 + self.global_rank) % (2**31 - 1)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (from the attached Trainer)."""
+        steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        return int(steps) if math.isfinite(steps) else 1_000_000
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for name, param in self.method.named_trainable_parameters():
+            (no_decay if is_no_decay(name, param) else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.weight_decay, "name": "decay"},
+                  {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+        if self.optimizer_name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=0.9)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(self.total_steps(), self.warmup_fraction))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def export(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write the backbone in its native key layout (``export_backbone``) to ``out_dir``."""
+        from ..core.checkpoints import export_backbone
+
+        return export_backbone(self.backbone, out_dir)
+
+
+class warmup_cosine:  # noqa: N801 - used like a function; a class so LambdaLR state stays picklable
+    """LR multiplier: linear warmup over ``warmup_fraction`` of ``total_steps``, then cosine to 0.
+
+    Example:
+        >>> f = warmup_cosine(100, 0.1)
+        >>> round(f(0), 2), round(f(10), 2), round(f(55), 2), round(f(100), 2)
+        (0.09, 1.0, 0.5, 0.0)
+    """
+
+    def __init__(self, total_steps: int, warmup_fraction: float = 0.1) -> None:
+        self.total = max(int(total_steps), 1)
+        self.warmup = int(self.total * warmup_fraction)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _views(batch: Any) -> list[Tensor]:
+    # A batch from SSLDataModule is already a list of view tensors; a (views, extra) batch from a user's own
+    # DataLoader with default collate is tolerated too.
+    if isinstance(batch, Tensor):
+        return [batch]
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], (list, tuple)):
+        return list(batch[0])
+    return [v for v in batch if isinstance(v, Tensor) and v.ndim == 4]
