@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return int(args.demo_run(args) or 0)
     except (ValueError, FileNotFoundError, ImportError) as err:
-        # Bad input gets its one-line reason, not a stack trace (DESIGN rule 8).
+        # Bad input gets its one-line reason, not a stack trace (ARCHITECTURE.md rule 8).
         print(f"warmstart {args.command}: error: {err}", file=sys.stderr)
         return 2
 

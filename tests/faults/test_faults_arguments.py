@@ -1,4 +1,4 @@
-"""Bad numbers and empty models are refused with a ValueError that names the argument (DESIGN rule 8).
+"""Bad numbers and empty models are refused with a ValueError that names the argument (ARCHITECTURE.md rule 8).
 
 Each case used to be accepted silently (a NaN lr gives NaN weights after one step, ``alpha=0`` gives adapters
 that never move) or to crash deep inside torch/peft (``IndexError``, ``TypeError``). The checks live in the core

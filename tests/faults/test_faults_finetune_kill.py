@@ -1,4 +1,4 @@
-"""SIGKILL a fine-tuning run mid-run, resume it, and compare with an uninterrupted run (DESIGN rules 5 and 11).
+"""SIGKILL a fine-tuning run mid-run, resume it, and compare with an uninterrupted run (ARCHITECTURE.md rules 5 and 11).
 
 The existing resume tests stop the trainer politely, which lets every ``on_*_end`` hook and save run; a kill does
 not, so only what was on disk survives. Per framework, one worker (``finetune_kill_*.py``, protocol in

@@ -18,7 +18,7 @@ SCALES = {"head": 1.0, "bert.encoder.layer.1": DECAY, "bert.encoder.layer.0": DE
 def test_factory_holds_every_parameter_with_explicit_lrs():
     model = tiny_bert()
     for p in model.bert.embeddings.parameters():
-        p.requires_grad_(False)  # frozen parameters are held too (DESIGN rule 2)
+        p.requires_grad_(False)  # frozen parameters are held too (ARCHITECTURE.md rule 2)
     factory, kwargs = llrd_optimizer(model, lr=LR, layer_decay=DECAY, weight_decay=0.01)
     opt = factory()(model, **kwargs)
     held = [p for g in opt.param_groups for p in g["params"]]

@@ -28,7 +28,7 @@ def test_freeze_all_but_head_trains_only_head_and_bn_policy(tmp_path, bn):
     stats = changed(before, model) & {"stem.1.running_mean", "block2.1.running_var"}
     # "eval" pins frozen BatchNorm statistics (like FrozenBatchNorm); "train" lets them adapt
     assert stats == (set() if bn == "eval" else {"stem.1.running_mean", "block2.1.running_var"})
-    # all parameters stay in the optimizer (DESIGN rule 2): frozen ones just get no grad
+    # all parameters stay in the optimizer (ARCHITECTURE.md rule 2): frozen ones just get no grad
     assert sum(len(g["params"]) for g in model.trainer.optimizers[0].param_groups) == len(list(model.parameters()))
 
 

@@ -4,7 +4,7 @@ SSL methods, the kNN monitor and ``embed`` only need "image batch in, one vector
 library gets there differently (torchvision's penultimate layer, timm's ``forward_head(pre_logits=True)``,
 an HF model's pooled output, YOLO's layers through SPPF), so :func:`build_backbone` hides that behind
 :class:`Backbone`. The adapter never copies weights: ``Backbone.model`` *is* the native module, so what
-``native_state_dict`` returns loads straight back into the library's own model class (DESIGN rule 6).
+``native_state_dict`` returns loads straight back into the library's own model class (ARCHITECTURE.md rule 6).
 
 Frameworks are imported inside the builders, never at import time of this module.
 """

@@ -1,6 +1,6 @@
 """Freeze and unfreeze layer groups, with an explicit BatchNorm policy and a gradual-unfreezing schedule.
 
-Freezing only toggles ``requires_grad``: parameters stay in the optimizer (DESIGN rule 2), so a front end
+Freezing only toggles ``requires_grad``: parameters stay in the optimizer (ARCHITECTURE.md rule 2), so a front end
 never has to add param groups mid-training.
 """
 

@@ -2,7 +2,7 @@
 
 Each group carries its real ``lr`` (so any torch, Lightning, HF or Ultralytics scheduler scales it, keeping
 the ratios), plus ``lr_scale``, ``name`` and ``param_names`` for logging and resume. All parameters are
-included, frozen ones too, so unfreezing later never needs a new group (DESIGN rule 2).
+included, frozen ones too, so unfreezing later never needs a new group (ARCHITECTURE.md rule 2).
 
 Note: timm's own schedulers multiply ``lr`` by a group's ``lr_scale`` a second time. With a timm scheduler,
 pass ``scale_key="warmstart_lr_scale"`` so the scale is recorded under a key timm does not read.
@@ -141,7 +141,7 @@ def param_groups(model: nn.Module, lr: float, *, layer_decay: float | None = Non
     grouped = [n for g in groups for n in g.param_names]
     missing, unknown = set(params) - set(grouped), set(grouped) - set(params)
     if missing or unknown or len(grouped) != len(set(grouped)):
-        # A parameter left out of the optimizer would silently never train (DESIGN rule 2).
+        # A parameter left out of the optimizer would silently never train (ARCHITECTURE.md rule 2).
         raise ValueError(f"`groups` must hold every parameter of the model exactly once; missing "
                          f"{sorted(missing)[:3]}, unknown {sorted(unknown)[:3]}. Build them with layer_groups(model).")
     out = []

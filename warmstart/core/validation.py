@@ -1,4 +1,4 @@
-"""Argument checks shared by the core functions and every front end (DESIGN rule 8: clear errors, early).
+"""Argument checks shared by the core functions and every front end (ARCHITECTURE.md rule 8: clear errors, early).
 
 Without them a NaN learning rate turns the weights into NaN after one step, ``alpha=0`` leaves LoRA adapters
 frozen in place, and an empty model fails with an ``IndexError`` deep inside the layer map. Each check raises a

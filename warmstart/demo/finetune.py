@@ -56,7 +56,7 @@ def make_classifier(width: int, lr: float, epochs: int) -> Any:
             return loss
 
         def configure_optimizers(self) -> Any:
-            # All parameters from the start (frozen ones get no grad, so no update): DESIGN rule 2.
+            # All parameters from the start (frozen ones get no grad, so no update): ARCHITECTURE.md rule 2.
             opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=1e-4)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=0.0)
             return {"optimizer": opt, "lr_scheduler": sched}

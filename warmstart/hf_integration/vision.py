@@ -1,6 +1,6 @@
 """Start a transformers image classifier from a ``warmstart pretrain`` backbone export.
 
-What loads and why. An export is written in its backbone's *native* key layout (DESIGN rule 6), and
+What loads and why. An export is written in its backbone's *native* key layout (ARCHITECTURE.md rule 6), and
 ``core.checkpoints.load_backbone_weights`` matches keys up to a prefix it detects; it never renames layers.
 
 Works (same architecture, same library, only a prefix differs) -- the one-liner is

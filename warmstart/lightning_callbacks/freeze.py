@@ -19,7 +19,7 @@ rank_zero_warn = L.pytorch.utilities.rank_zero_warn
 class Freeze(L.Callback):
     """Freeze layer groups (or parameters matching a regex) of the LightningModule at ``setup``.
 
-    The parameters stay in the optimizer; only ``requires_grad`` changes (DESIGN rule 2). ``groups`` is any
+    The parameters stay in the optimizer; only ``requires_grad`` changes (ARCHITECTURE.md rule 2). ``groups`` is any
     ``core.select_groups`` selector (``"all_but_head"``, ``"all"``, names, indices); ``pattern`` is a regex over
     parameter names (alone it freezes exactly the matches). ``module`` names a sub-module attribute (default:
     the whole LightningModule's layer groups). ``bn="eval"`` keeps frozen BatchNorm statistics fixed,

@@ -10,7 +10,7 @@ the module at ``setup``), and the schedule is applied at each train epoch start 
   ``find_unused_parameters=True`` (``strategy="ddp_find_unused_parameters_true"``).
 * ``"mask_grads"``: ``requires_grad`` stays True; the gradients of frozen groups are dropped (set to ``None``)
   just before each optimizer step, so the optimizer skips them (no update, no momentum, no weight decay).
-  Works with plain ``strategy="ddp"``. This is DESIGN rule 2's "zero the group instead" without fighting the
+  Works with plain ``strategy="ddp"``. This is ARCHITECTURE.md rule 2's "zero the group instead" without fighting the
   lr scheduler, which would overwrite a zeroed lr at its next step.
 
 ``mode="auto"`` picks ``"mask_grads"`` under DDP without ``find_unused_parameters``, else ``"requires_grad"``.

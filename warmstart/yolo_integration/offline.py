@@ -1,4 +1,4 @@
-"""Keep ``YOLO.train`` off the network (DESIGN rule 9), without touching the user's Ultralytics settings file.
+"""Keep ``YOLO.train`` off the network (ARCHITECTURE.md rule 9), without touching the user's Ultralytics settings file.
 
 What reaches the network in Ultralytics 8.4 during a training run, and what we do about it:
 

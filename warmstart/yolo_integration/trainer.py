@@ -201,8 +201,8 @@ class WarmstartTrainerMixin:
     def save_model(self):
         """Save checkpoints with a clean (merged, warmstart-free) EMA copy; adapters go next to ``last.pt``.
 
-        ``last.pt`` and ``best.pt`` are written atomically (DESIGN rule 11): Ultralytics writes them in place, so a
-        kill mid-write left a truncated ``last.pt``, which ``train(resume=True)`` cannot load, and the previous
+        ``last.pt`` and ``best.pt`` are written atomically (ARCHITECTURE.md rule 11): Ultralytics writes them in
+        place, so a kill mid-write left a truncated ``last.pt``, which ``train(resume=True)`` cannot load, and the previous
         epoch's checkpoint was already gone. Here Ultralytics writes to hidden temporary names next to them, and each
         file it wrote replaces its target with ``os.replace`` (old file or complete new one, never a partial one).
         """
