@@ -202,9 +202,10 @@ class WarmstartTrainerMixin:
         """Save checkpoints with a clean (merged, warmstart-free) EMA copy; adapters go next to ``last.pt``.
 
         ``last.pt`` and ``best.pt`` are written atomically (ARCHITECTURE.md rule 11): Ultralytics writes them in
-        place, so a kill mid-write left a truncated ``last.pt``, which ``train(resume=True)`` cannot load, and the previous
-        epoch's checkpoint was already gone. Here Ultralytics writes to hidden temporary names next to them, and each
-        file it wrote replaces its target with ``os.replace`` (old file or complete new one, never a partial one).
+        place, so a kill mid-write left a truncated ``last.pt``, which ``train(resume=True)`` cannot load, and the
+        previous epoch's checkpoint was already gone. Here Ultralytics writes to hidden temporary names next to
+        them, and each file it wrote replaces its target with ``os.replace`` (old file or complete new one, never a
+        partial one).
         """
         live = self.ema.ema
         if self.warmstart.lora:
