@@ -18,7 +18,15 @@ from .freezing import (
     set_bn_policy,
     unfreeze,
 )
-from .layers import LayerGroup, group_names, layer_groups
+from .layers import (
+    LayerGroup,
+    LayerRule,
+    group_names,
+    layer_family,
+    layer_groups,
+    register_layer_map,
+    unregister_layer_map,
+)
 from .lora import (
     apply_lora,
     find_lora_targets,
@@ -31,8 +39,9 @@ from .lora import (
 from .param_groups import group_lr_table, group_scales, is_no_decay, param_groups
 
 __all__ = [
-    "LayerGroup", "UnfreezeSchedule", "apply_lora", "apply_schedule", "clear_bn_policy", "find_lora_targets",
+    "LayerGroup", "LayerRule", "UnfreezeSchedule", "apply_lora", "apply_schedule", "clear_bn_policy",
+    "find_lora_targets",
     "freeze", "frozen_groups", "group_lr_table", "group_names", "group_scales", "has_lora", "is_no_decay",
-    "layer_groups", "lora_config", "lora_state_dict", "merge_lora", "param_groups", "select_groups",
-    "set_bn_policy", "trainable_summary", "unfreeze",
+    "layer_family", "layer_groups", "lora_config", "lora_state_dict", "merge_lora", "param_groups", "select_groups",
+    "register_layer_map", "set_bn_policy", "trainable_summary", "unfreeze", "unregister_layer_map",
 ]

@@ -2,46 +2,41 @@
 
 Every front end needs the same answer to "what are this model's layers, in depth order?": freezing
 counts groups from the top, layer-wise LR decay scales by distance from the head. We answer it once here,
-per model family, without importing any framework: families are recognised by class and module names.
+from a declarative registry of layer maps (:mod:`.layer_registry`, timm's ``group_matcher`` idea: ordered
+regexes per family, :mod:`.layer_families` for the built-in ones), without importing any framework: families
+are recognised by class and module names. Wrappers (peft, torch.compile, DDP, the Ultralytics ``YOLO`` object)
+are unwrapped first and keep their inner model's group names; a model no family claims is split into its
+top-level children, each child of a known family expanding into that family's groups.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from torch import nn
 
-ROLES = ("stem", "body", "backbone", "neck", "head")
+from .layer_families import BUILTIN_MAPS, has_params
+from .layer_registry import (
+    ROLES,
+    LayerGroup,
+    LayerRule,
+    register_layer_map,
+    unregister_layer_map,
+    user_layer_maps,
+)
 
-
-@dataclass
-class LayerGroup:
-    """One depth level of a model: a name, a role and the parameters (by qualified name) in it.
-
-    Example:
-        >>> g = LayerGroup("head", "head", ["fc.weight", "fc.bias"], ["fc"])
-        >>> g.role, len(g.param_names)
-        ('head', 2)
-    """
-
-    name: str
-    role: str
-    param_names: list[str] = field(default_factory=list)
-    module_names: list[str] = field(default_factory=list)
-
-
-# A "plan" is a list of (group name, role, [module prefixes]) relative to a root module; it is turned into
-# LayerGroups by assigning each parameter to the plan entry whose prefix it starts with.
-Plan = list[tuple[str, str, list[str]]]
+__all__ = ["ROLES", "LayerGroup", "LayerRule", "group_names", "layer_family", "layer_groups", "register_layer_map",
+           "unregister_layer_map"]
 
 
 def layer_groups(model: nn.Module, patterns: Sequence[str] | None = None) -> list[LayerGroup]:
     """Return ``model``'s parameters as ordered groups from input to output; the last is the head.
 
     Every parameter is in exactly one group. ``patterns`` overrides detection with an ordered list of
-    regexes (one per group, input to output; a parameter goes to the first pattern it matches).
+    regexes (one per group, input to output; a parameter goes to the first pattern it matches). The last
+    group always has role ``"head"``: a headless model (a feature extractor) keeps its last block's *name*,
+    but that block is the head by position, the group that head-first freezing and layer decay start from.
 
     Example:
         >>> import torch.nn as nn
@@ -53,8 +48,7 @@ def layer_groups(model: nn.Module, patterns: Sequence[str] | None = None) -> lis
     """
     if patterns is not None:
         return _groups_from_patterns(model, patterns)
-    plan = _plan(model, "")
-    groups = _assign(model, plan)
+    groups = [g for g in _groups(model) if g.param_names]
     if groups and not any(g.role == "head" for g in groups):
         groups[-1].role = "head"
     return groups
@@ -68,6 +62,20 @@ def group_names(groups: Sequence[LayerGroup]) -> list[str]:
         ['stem', 'head']
     """
     return [g.name for g in groups]
+
+
+def layer_family(model: nn.Module) -> str:
+    """The layer map ``model`` is grouped by (after unwrapping wrappers): a registered name, or ``"generic"``.
+
+    Example:
+        >>> import torchvision
+        >>> layer_family(torchvision.models.resnet18()), layer_family(torchvision.models.regnet_x_400mf())
+        ('torchvision', 'torchvision')
+    """
+    while (inner := _unwrap(model)) is not None:
+        model = inner[0]
+    found = _find_map(model)
+    return found.name if found is not None else "generic"
 
 
 # ---------------------------------------------------------------------------------------------- override
@@ -104,250 +112,78 @@ def _groups_from_patterns(model: nn.Module, patterns: Sequence[str]) -> list[Lay
     return groups
 
 
-# ---------------------------------------------------------------------------------------------- families
-
-
-def _mro_names(module: nn.Module) -> set[str]:
-    return {c.__name__ for c in type(module).__mro__}
-
+# ---------------------------------------------------------------------------------------------- dispatch
 
 # Transparent wrappers and the attribute holding the real model: torch.compile, (Distributed)DataParallel.
-_WRAPPERS = {"OptimizedModule": "_orig_mod", "DistributedDataParallel": "module", "DataParallel": "module"}
+_TORCH_WRAPPERS = {"OptimizedModule": "_orig_mod", "DistributedDataParallel": "module", "DataParallel": "module"}
 
 
-def _family(module: nn.Module) -> str:
-    mod = type(module).__module__
-    names = _mro_names(module)
-    if type(module).__name__ in _WRAPPERS and mod.startswith("torch."):
-        return "torch_wrapper"
+def _unwrap(module: nn.Module) -> tuple[nn.Module, str] | None:
+    """(inner model, attribute path) for a wrapper whose groups are its inner model's, else None."""
+    cls = type(module)
+    names = {c.__name__ for c in cls.__mro__}
+    if cls.__name__ in _TORCH_WRAPPERS and cls.__module__.startswith("torch."):
+        attr = _TORCH_WRAPPERS[cls.__name__]
+        return getattr(module, attr), attr
     if "PeftModel" in names:
-        return "peft_model"
-    if "BaseTuner" in names:
-        return "peft_tuner"
-    if any(c.__module__ == "ultralytics.engine.model" for c in type(module).__mro__):
-        return "ultralytics_wrapper"
-    if mod.startswith("ultralytics.") and isinstance(getattr(module, "model", None), nn.Sequential):
-        return "ultralytics"
-    if mod.startswith("timm.") and hasattr(module, "group_matcher"):
-        return "timm"
-    if mod.startswith("torchvision.models"):
-        return "torchvision"
-    if "PreTrainedModel" in names:
-        return "hf"
-    return "generic"
-
-
-def _plan(model: nn.Module, prefix: str) -> Plan:
-    family = _family(model)
-    # Wrappers (peft, the Ultralytics YOLO object, torch.compile, DDP) keep their inner model's group names.
-    # The inner plan is built unprefixed so a generic inner model's group names do not pick up the wrapper path.
-    if family == "torch_wrapper":
-        attr = _WRAPPERS[type(model).__name__]
-        return _prefixed(_plan(getattr(model, attr), ""), f"{prefix}{attr}.")
-    if family == "peft_model":
-        return _prefixed(_plan(model.base_model, ""), f"{prefix}base_model.")
-    if family in ("peft_tuner", "ultralytics_wrapper"):
-        return _prefixed(_plan(model.model, ""), f"{prefix}model.")
-    if family == "ultralytics":
-        return _prefixed(_ultralytics_plan(model), prefix)
-    if family == "timm":
-        return _prefixed(_timm_plan(model), prefix)
-    if family == "torchvision":
-        plan = _torchvision_plan(model)
-        if plan is not None:
-            return _prefixed(plan, prefix)
-    if family == "hf":
-        return _prefixed(_hf_plan(model), prefix)
-    return _generic_plan(model, prefix)
-
-
-def _prefixed(plan: Plan, prefix: str) -> Plan:
-    return [(name, role, [prefix + m if m else prefix.rstrip(".") for m in mods]) for name, role, mods in plan]
-
-
-def _has_params(module: nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
-
-
-def _generic_plan(model: nn.Module, prefix: str) -> Plan:
-    """Top-level children in registration order; a child of a known family expands into its own groups."""
-    root_params = [n for n, _ in model.named_parameters(recurse=False)]
-    children = [(n, c) for n, c in model.named_children() if _has_params(c)]
-    if not root_params and len(children) == 1 and _family(children[0][1]) == "generic":
-        # A thin wrapper (e.g. a LightningModule holding one nn.Sequential): its child is the real model.
-        name, child = children[0]
-        if len([c for c in child.children() if _has_params(c)]) > 1:
-            return _generic_plan(child, f"{prefix}{name}.")
-    plan: Plan = []
-    if root_params:
-        # Root-level tensors (cls tokens, scales) are input-side in practice: they form the first group.
-        plan.append((prefix.rstrip(".") or "root", "stem", [prefix + n for n in root_params]))
-    for i, (name, child) in enumerate(children):
-        last = i == len(children) - 1
-        if _family(child) == "generic":
-            plan.append((f"{prefix}{name}", "head" if last else "body", [f"{prefix}{name}"]))
-            continue
-        for sub_name, role, mods in _plan(child, f"{prefix}{name}."):
-            if role == "head" and not last:  # a backbone's own classifier is not this model's head
-                role = "body"
-            plan.append((f"{prefix}{name}.{sub_name}", role, mods))
-    return plan
-
-
-def _torchvision_plan(model: nn.Module) -> Plan | None:
-    cls = type(model).__name__
-    if cls == "ResNet":
-        return [("stem", "stem", ["conv1", "bn1"])] + [
-            (f"layer{i}", "body", [f"layer{i}"]) for i in range(1, 5)
-        ] + [("head", "head", ["fc"])]
-    if cls == "VisionTransformer":
-        layers = [n for n, _ in model.encoder.layers.named_children()]
-        return [("stem", "stem", ["conv_proj", "class_token", "encoder.pos_embedding"])] + [
-            (f"encoder.layers.{n}", "body", [f"encoder.layers.{n}"]) for n in layers
-        ] + [("head", "head", ["encoder.ln", "heads"])]
-    if hasattr(model, "features") and isinstance(model.features, nn.Sequential):
-        # ConvNeXt, EfficientNet, MobileNet, Swin, VGG, ...: stem + stages in `features`, then a classifier.
-        feats = [n for n, c in model.features.named_children() if _has_params(c)]
-        head = [n for n, c in model.named_children() if n != "features" and _has_params(c)]
-        plan: Plan = [(f"features.{n}", "stem" if i == 0 else "body", [f"features.{n}"]) for i, n in enumerate(feats)]
-        return plan + [("head", "head", head)]
+        return module.base_model, "base_model"
+    if "BaseTuner" in names or any(c.__module__ == "ultralytics.engine.model" for c in cls.__mro__):
+        return module.model, "model"  # a peft tuner / the Ultralytics YOLO object
     return None
 
 
-def _timm_plan(model: nn.Module) -> Plan:
-    """Use the model's own ``group_matcher`` (its declared depth structure), at block granularity."""
-    from timm.models import group_parameters  # timm is already imported: the model is a timm model
-
-    try:
-        grouped = group_parameters(model, model.group_matcher(coarse=False))
-    except (NotImplementedError, AttributeError, TypeError):
-        return _generic_plan(model, "")  # a matcher some timm models declare but do not implement
-    plan: Plan = []
-    ordered = [list(names) for names in grouped.values()]
-    classifier = _timm_classifier_params(model)
-    for i, names in enumerate(ordered):
-        if i == len(ordered) - 1 and len(ordered) > 1 and classifier & set(names):
-            plan.append(("head", "head", names))
-        elif i == 0:
-            plan.append(("stem", "stem", names))
-        else:
-            others = [n for j, group in enumerate(ordered) if j != i for n in group]
-            plan.append((_group_label(names, others), "body", names))
-    return plan
+def _find_map(model: nn.Module):
+    for layer_map in (*user_layer_maps(), *BUILTIN_MAPS):
+        if layer_map.detect(model):
+            return layer_map
+    return None
 
 
-def _timm_classifier_params(model: nn.Module) -> set[str]:
-    """Names of the classifier's parameters: with ``num_classes=0`` there are none, and then the last group is
-    the last block (the head by position, but not to be *named* "head")."""
-    try:
-        clf = model.get_classifier()
-    except Exception:  # noqa: BLE001 - any failure just means "no known classifier"
-        return set()
-    modules = clf if isinstance(clf, tuple | list) else (clf,)
-    ids = {id(p) for m in modules if isinstance(m, nn.Module) for p in m.parameters()}
-    return {n for n, p in model.named_parameters() if id(p) in ids}
+def _groups(model: nn.Module) -> list[LayerGroup]:
+    """Groups with names relative to ``model``; the head is not yet fixed by position."""
+    inner = _unwrap(model)
+    if inner is not None:
+        # Wrappers keep their inner model's group names; only the parameter names gain the wrapper's path.
+        return _prefixed(_groups(inner[0]), inner[1] + ".", rename=False)
+    found = _find_map(model)
+    if found is not None:
+        groups = found.build(model)
+        if groups is not None:
+            return groups
+    return _generic(model)
 
 
-def _group_label(names: Sequence[str], others: Sequence[str]) -> str:
-    """The shortest module prefixes that hold exactly ``names``, joined by "+" (e.g. "blocks.11+norm").
-
-    A plain common prefix would mislabel groups that share a parent with other groups: timm's ConvNeXt puts
-    ``stages.1.downsample`` with ``stages.1.blocks.0``, and calling that group "stages.1" would make
-    ``freeze(model, "stages.1")`` look like it froze the whole stage.
-
-    Example:
-        >>> _group_label(["blocks.11.w", "norm.w"], ["blocks.10.w", "head.w"])
-        'blocks.11+norm'
-    """
-    taken = {".".join(parts[:k]) for parts in (n.split(".") for n in others) for k in range(1, len(parts) + 1)}
-    labels: dict[str, None] = {}
-    for name in names:
-        parts = name.split(".")
-        prefix = name
-        for k in range(1, len(parts) + 1):
-            if ".".join(parts[:k]) not in taken:
-                prefix = ".".join(parts[:k])
-                break
-        labels[prefix] = None
-    return "+".join(labels)
+def _known(module: nn.Module) -> bool:
+    return _unwrap(module) is not None or _find_map(module) is not None
 
 
-def _hf_plan(model: nn.Module) -> Plan:
-    """Embeddings, each transformer/conv stage, then everything after (pooler, final norm, classifier)."""
-    layers_prefix = _largest_layer_list(model)
-    if layers_prefix is None:
-        return _generic_plan(model, "")
-    order = [n for n, _ in model.named_parameters()]
-    before, after = [], []
-    seen_layers = False
-    for n in order:
-        if n.startswith(layers_prefix + "."):
-            seen_layers = True
-        elif seen_layers:
-            after.append(n)
-        else:
-            before.append(n)
-    plan: Plan = []
-    if before:
-        plan.append(("embeddings", "stem", before))
-    # Children by their real names (a Sequential may name them), so no layer silently falls into the head.
-    blocks = model.get_submodule(layers_prefix).named_children()
-    plan += [(f"{layers_prefix}.{n}", "body", [f"{layers_prefix}.{n}"]) for n, c in blocks if _has_params(c)]
-    if after:
-        plan.append(("head", "head", after))
-    return plan
+def _prefixed(groups: list[LayerGroup], prefix: str, rename: bool) -> list[LayerGroup]:
+    return [LayerGroup(prefix + g.name if rename else g.name, g.role, [prefix + n for n in g.param_names],
+                       [prefix + m for m in g.module_names]) for g in groups]
 
 
-def _largest_layer_list(model: nn.Module) -> str | None:
-    best, best_size = None, 0
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList | nn.Sequential) and len(mod) >= 2 and name:
-            size = sum(p.numel() for p in mod.parameters())
-            # a list of repeated blocks holding most of the model is the depth axis
-            if size > best_size:
-                best, best_size = name, size
-    return best
-
-
-def _ultralytics_plan(model: nn.Module) -> Plan:
-    n_backbone = len(model.yaml.get("backbone", [])) if isinstance(getattr(model, "yaml", None), dict) else 0
-    layers = list(model.model.named_children())
-    plan: Plan = []
-    for idx, (name, layer) in enumerate(layers):
-        if not _has_params(layer):
+def _generic(model: nn.Module, prefix: str = "") -> list[LayerGroup]:
+    """Top-level children in registration order; a child of a known family expands into its own groups."""
+    root_params = [n for n, _ in model.named_parameters(recurse=False)]
+    children = [(n, c) for n, c in model.named_children() if has_params(c)]
+    if not root_params and len(children) == 1 and not _known(children[0][1]):
+        # A thin wrapper (e.g. a LightningModule holding one nn.Sequential): its child is the real model.
+        name, child = children[0]
+        if len([c for c in child.children() if has_params(c)]) > 1:
+            return _generic(child, f"{prefix}{name}.")
+    groups = []
+    if root_params:
+        # Root-level tensors (cls tokens, scales) are input-side in practice: they form the first group.
+        groups.append(LayerGroup(prefix.rstrip(".") or "root", "stem", [prefix + n for n in root_params]))
+    for i, (name, child) in enumerate(children):
+        last = i == len(children) - 1
+        path = f"{prefix}{name}"
+        if not _known(child):
+            params = [f"{path}.{n}" for n, _ in child.named_parameters()]
+            groups.append(LayerGroup(path, "head" if last else "body", params, [path]))
             continue
-        if idx == len(layers) - 1:
-            role = "head"
-        elif idx < n_backbone:
-            role = "backbone"
-        else:
-            role = "neck"
-        plan.append((f"model.{name}", role, [f"model.{name}"]))
-    return plan
-
-
-# ---------------------------------------------------------------------------------------------- assignment
-
-
-def _assign(model: nn.Module, plan: Plan) -> list[LayerGroup]:
-    groups = [LayerGroup(name, role, [], list(mods)) for name, role, mods in plan]
-    # Longest prefix wins, so "encoder.layers.1" beats "encoder" when both are listed.
-    prefixes = sorted(
-        ((m, i) for i, (_, _, mods) in enumerate(plan) for m in mods), key=lambda t: len(t[0]), reverse=True
-    )
-    leftovers = []
-    for name, _ in model.named_parameters():
-        for pre, i in prefixes:
-            if name == pre or name.startswith(pre + "."):
-                groups[i].param_names.append(name)
-                break
-        else:
-            leftovers.append(name)
-    groups = [g for g in groups if g.param_names]
-    if leftovers:
-        # Parameters no family rule named (extra heads, adapters at the root) are output-side additions.
-        if groups and groups[-1].role == "head":
-            groups[-1].param_names.extend(leftovers)
-        else:
-            groups.append(LayerGroup("head", "head", leftovers, []))
+        for g in _prefixed(_groups(child), path + ".", rename=True):
+            if g.role == "head" and not last:  # a backbone's own classifier is not this model's head
+                g.role = "body"
+            groups.append(g)
     return groups
