@@ -8,6 +8,7 @@ Example:
     ['stem', 'layer1', 'layer2', 'layer3', 'layer4', 'head']
 """
 
+from .controller import FinetuneController
 from .freezing import (
     UnfreezeSchedule,
     apply_schedule,
@@ -37,9 +38,11 @@ from .lora import (
     trainable_summary,
 )
 from .param_groups import group_lr_table, group_scales, is_no_decay, param_groups
+from .plan import FinetunePlan
 
 __all__ = [
-    "LayerGroup", "LayerRule", "UnfreezeSchedule", "apply_lora", "apply_schedule", "clear_bn_policy",
+    "FinetuneController", "FinetunePlan", "LayerGroup", "LayerRule", "UnfreezeSchedule", "apply_lora",
+    "apply_schedule", "clear_bn_policy",
     "find_lora_targets",
     "freeze", "frozen_groups", "group_lr_table", "group_names", "group_scales", "has_lora", "is_no_decay",
     "layer_family", "layer_groups", "lora_config", "lora_state_dict", "merge_lora", "param_groups", "select_groups",
