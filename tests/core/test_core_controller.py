@@ -106,12 +106,17 @@ def test_bad_plans_are_refused_with_the_valid_names(plan: dict, message: str) ->
         FinetuneController(resnet(), plan)
 
 
-def test_schedule_beyond_the_end_of_training_is_refused() -> None:
+def test_schedule_beyond_the_end_of_training_is_refused_or_warned() -> None:
     c = FinetuneController(resnet(), {"head_epochs": 2, "every": 2})  # starts: head 0, layer4 2, ... stem 10
     assert c.starts == [10.0, 8.0, 6.0, 4.0, 2.0, 0.0]
     c.check_horizon(11)
-    with pytest.raises(ValueError, match=r"group\(s\) \['stem'\] at epoch 10 or later.*after 10 epochs"):
+    # open-ended: legal (short runs keep early layers), but said out loud
+    with pytest.warns(UserWarning, match=r"group\(s\) \['stem'\] at epoch 10 or later.*after 10 epochs"):
         c.check_horizon(10)
+    # a start the plan names explicitly that can never be reached is an error
+    explicit = FinetuneController(resnet(), {"at": {"all_but_head": 3}})
+    with pytest.raises(ValueError, match=r"at epoch 3 or later, but training ends after 3 epochs.*Groups: \['stem'"):
+        explicit.check_horizon(3)
 
 
 def test_fraction_unit_follows_the_run_length() -> None:

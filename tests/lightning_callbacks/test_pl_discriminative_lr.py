@@ -13,7 +13,7 @@ from pl_helpers import (
     trainer,
 )
 
-from warmstart.lightning_callbacks import DiscriminativeLR, Freeze, GradualUnfreezing, LoRA
+from warmstart.lightning_callbacks import DiscriminativeLR, Finetune, Freeze, GradualUnfreezing
 
 EPOCHS, STEPS = 3, 4  # 4 batches of 32 per epoch
 
@@ -77,8 +77,11 @@ def test_group_lrs_weight_decay_and_submodule_rest_group(tmp_path):
 @pytest.mark.parametrize("callbacks, match", [
     (lambda: [DiscriminativeLR(layer_decay=0.5), DiscriminativeLR(layer_decay=0.7)], "both rebuild the optimizer"),
     (lambda: [DiscriminativeLR(layer_decay=0.5), _backbone_finetuning()], "both rebuild the optimizer"),
-    (lambda: [Freeze(), GradualUnfreezing()], "both set which parameters train"),
-    (lambda: [LoRA(r=2), GradualUnfreezing()], "both set which parameters train"),
+    # on overlapping but different modules: two controllers would undo each other
+    (lambda: [Freeze(module="block1"), GradualUnfreezing()], "both set which parameters train"),
+    # on the same module they merge into one plan (LoRA + GradualUnfreezing works: test_pl_plan.py); an option
+    # set twice is refused
+    (lambda: [GradualUnfreezing(head_epochs=1), Finetune({"head_epochs": 2})], r"both set \['head_epochs'\]"),
     (lambda: [DiscriminativeLR(group_lrs={"neck": 0.1})], "matches no layer group"),
 ])
 def test_conflicts_and_bad_groups_fail_at_setup(tmp_path, callbacks, match):

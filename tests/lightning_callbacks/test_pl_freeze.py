@@ -54,7 +54,7 @@ def test_freeze_by_name_pattern_and_submodule(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"pattern": r"^no_such_layer\."}, "matches no parameter"),
-    ({"groups": ["stem", "neck"]}, "unknown layer group 'neck'"),
+    ({"groups": ["stem", "neck"]}, r"'neck' matches no layer group. Valid groups: \['stem'"),
     ({"groups": 7}, "out of range"),
     ({"module": "backbone"}, "names no sub-module"),
 ])

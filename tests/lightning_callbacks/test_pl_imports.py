@@ -42,7 +42,7 @@ def test_lazy_exports():
         assert wl.GradualUnfreezing.__name__ == "GradualUnfreezing"
         assert "warmstart.lightning_callbacks.unfreezing" in sys.modules
         assert "warmstart.lightning_callbacks.lora" not in sys.modules
-        assert sorted(wl.__all__) == sorted(["DiscriminativeLR", "Freeze", "GradualUnfreezing", "LoRA",
+        assert sorted(wl.__all__) == sorted(["DiscriminativeLR", "Finetune", "Freeze", "GradualUnfreezing", "LoRA",
                                              "LoadBackboneWeights"])  # the SSL engine is warmstart.pretraining
     finally:
         for k in [k for k in sys.modules if k.startswith("warmstart.lightning_callbacks")]:

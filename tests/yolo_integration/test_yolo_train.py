@@ -66,8 +66,7 @@ def export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def schedule_run(data_yaml, export, tmp_path_factory):
     path, _ = export
-    yolo = wrap(YOLO("yolov8n.yaml", verbose=False), backbone_weights=path, unfreeze_schedule=SCHEDULE,
-                layer_decay=DECAY)
+    yolo = wrap(YOLO("yolov8n.yaml", verbose=False), backbone_weights=path, plan={**SCHEDULE, "lr_scales": DECAY})
     rec = Recorder().attach(yolo)
     attempts: list = []
     with no_network(attempts):
@@ -179,6 +178,7 @@ def train_interrupted_then_resume(yolo, data_yaml, project, name, epochs) -> tup
 
 @pytest.fixture(scope="module")
 def resumed_run(data_yaml, tmp_path_factory):
+    # The old keyword spelling (layer_decay as a dict is the deprecated form of plan lr_scales): same run.
     first = wrap(YOLO("yolov8n.yaml", verbose=False), unfreeze_schedule=SCHEDULE, layer_decay=DECAY)
     return train_interrupted_then_resume(first, data_yaml, str(tmp_path_factory.mktemp("runs")), "resume", 3)[1]
 

@@ -24,7 +24,7 @@ from warmstart.yolo_integration import (  # noqa: E402
     make_config,
     wrap,
 )
-from warmstart.yolo_integration.config import build_schedule, trainable_indices, validate  # noqa: E402
+from warmstart.yolo_integration.config import validate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,8 @@ def test_yolo_wrap_returns_same_object_and_validates(yolo_model):
     assert same.warmstart == make_config(freeze="backbone", layer_decay=0.8)
     with pytest.raises(ValueError, match="head"):
         wrap(yolo_model, freeze=["backbone", "head"])
-    with pytest.raises(ValueError, match="neither roles"):
-        wrap(yolo_model, layer_decay={"bakbone": 0.1})
+    with pytest.raises(ValueError, match="bakbone.*valid groups are"):
+        wrap(yolo_model, plan={"lr_scales": {"bakbone": 0.1}})
     with pytest.raises(ValueError, match="unknown lora option"):
         wrap(yolo_model, lora={"rank": 4})
     with pytest.raises(ValueError, match="does not exist"):
@@ -65,13 +65,13 @@ def test_yolo_wrap_returns_same_object_and_validates(yolo_model):
 
 
 def test_yolo_schedule_resolution_by_role(yolo_model):
-    groups = validate(yolo_model.model, make_config(unfreeze_schedule={"at": {"neck": 1, "backbone": 3}}))
-    cfg = make_config(unfreeze_schedule={"at": {"neck": 1, "backbone": 3}}, freeze="model.0")
-    roles = [g.role for g in groups]
-    assert build_schedule(groups, cfg).at == [{"backbone": 3, "neck": 1, "head": 0}[r] for r in roles]
-    assert [roles[i] for i in trainable_indices(groups, cfg, 0)] == ["head"]
-    at3 = trainable_indices(groups, cfg, 3)
-    assert 0 not in at3 and len(at3) == len(groups) - 1  # model.0 stays frozen by `freeze`
+    """``at`` keyed by role resolves through the controller; ``freeze`` removes a group for the whole run."""
+    ctl = validate(yolo_model.model, make_config(plan={"at": {"neck": 1, "backbone": 3}, "freeze": "model.0"}))
+    roles = {g.name: g.role for g in ctl.groups}
+    assert [roles[n] for n in ctl.trainable_at(0)] == ["head"]
+    assert {roles[n] for n in ctl.trainable_at(1)} == {"head", "neck"}
+    at3 = ctl.trainable_at(3)
+    assert "model.0" not in at3 and len(at3) == len(ctl.groups) - 1  # model.0 stays frozen by `freeze`
 
 
 def test_yolo_backbone_from_other_architecture_is_refused(tmp_path):
@@ -90,7 +90,7 @@ def test_yolo_config_survives_ddp_style_rebuild(tmp_path):
     from ultralytics.utils import DEFAULT_CFG_DICT
 
     data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
-    cfg = make_config(unfreeze_schedule={"at": {"neck": 1, "backbone": 2}}, layer_decay={"backbone": 0.1})
+    cfg = make_config(plan={"at": {"neck": 1, "backbone": 2}, "lr_scales": {"backbone": 0.1}})
     parent = WarmstartDetectionTrainer(overrides={"model": "yolov8n.yaml", "data": str(data), "imgsz": 64,
                                                   "device": "cpu", "project": str(tmp_path / "runs"),
                                                   "plots": False, "warmstart": cfg.to_json()})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -62,8 +63,6 @@ class FinetuneController:
             raise ValueError(f"max_groups={self.plan.max_groups} but the model has {len(self.groups)} layer groups: "
                              f"{self.group_names}")
         self.starts = self._starts()
-        if self.plan.at is None:  # max_groups says the groups past the limit never train: frozen by the plan
-            self.frozen.update(i for i, s in enumerate(self.starts) if s is None)
         if self.plan.at is None and self.plan.max_groups is not None:
             # max_groups leaves the groups below it frozen on purpose: a freeze, not a forgotten group
             self.frozen |= {i for i, s in enumerate(self.starts) if s is None}
@@ -124,7 +123,12 @@ class FinetuneController:
         raise ValueError("unit='fraction' needs the run's total steps or epochs from the front end")
 
     def check_horizon(self, horizon: float) -> None:
-        """Refuse a plan whose schedule starts a group at or after the end of training (it would never train).
+        """Check the schedule against the length of training (``horizon`` in ``plan.unit``; ignored for fractions).
+
+        A group the plan names a start for (``at=``, or a ``max_groups`` limit) that starts at or after the end would
+        never train: that is an error. An open-ended ``head_epochs``/``every`` schedule that does not reach the
+        lowest groups in time is legal (it is how a short run keeps early layers as they are) but rarely intended:
+        that is a warning naming the groups. Every front end calls this once at train start.
 
         Example:
             >>> import torch.nn as nn
@@ -132,17 +136,20 @@ class FinetuneController:
             >>> c.check_horizon(3)
             Traceback (most recent call last):
             ...
-            ValueError: the plan starts group(s) ['0'] at epoch 5.0 or later, but training ends after 3 epochs, ...
+            ValueError: the plan starts group(s) ['0'] at epoch 5 or later, but training ends after 3 epochs, ...
         """
         if self.plan.unit == "fraction":
             horizon = 1.0
         late = [(self.group_names[i], s) for i, s in enumerate(self.starts)
                 if s is not None and i not in self.frozen and s >= horizon]
-        if late:
-            unit = self.plan.unit
-            raise ValueError(f"the plan starts group(s) {[n for n, _ in late]} at {unit} {min(s for _, s in late)} "
-                             f"or later, but training ends after {horizon:g} {unit}s, so they would never train; "
-                             f"start them earlier or train longer. Groups: {self.group_names}")
+        if not late:
+            return
+        unit = self.plan.unit
+        text = (f"the plan starts group(s) {[n for n, _ in late]} at {unit} {min(s for _, s in late):g} or later, but "
+                f"training ends after {horizon:g} {unit}s, so they would never train")
+        if self.plan.at is not None or self.plan.max_groups is not None:
+            raise ValueError(f"{text}; start them earlier or train longer. Groups: {self.group_names}")
+        warnings.warn(f"{text}. Shorten head_epochs/every, set max_groups, or train longer.", stacklevel=2)
 
     # ------------------------------------------------------------------------------------------ apply
     def trainable_parameters(self, groups: Iterable[str]) -> set[str]:

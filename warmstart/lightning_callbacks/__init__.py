@@ -1,7 +1,9 @@
 """PyTorch Lightning front end: transfer-learning callbacks, each a thin shell over ``warmstart.core``.
 
-Add one line, ``Trainer(callbacks=[...])``, to an existing LightningModule: ``Freeze``, ``GradualUnfreezing``,
-``DiscriminativeLR``, ``LoRA``, ``LoadBackboneWeights``. Names load on first use. The SSL pretraining engine
+Add one line, ``Trainer(callbacks=[...])``, to an existing LightningModule: ``Finetune`` (a whole
+``FinetunePlan``), or its parts ``Freeze``, ``GradualUnfreezing``, ``DiscriminativeLR``, ``LoRA`` (merged into one
+plan and one ``FinetuneController`` per module at ``setup``), and ``LoadBackboneWeights``. Names load on first
+use. The SSL pretraining engine
 (``SSLModule``, ``SSLDataModule``, ``KNNMonitor``, ``pretrain``) is in :mod:`warmstart.pretraining`; importing it
 from here still works for one release, with a ``DeprecationWarning``.
 
@@ -25,6 +27,7 @@ require("lightning", "lightning")
 
 # name -> submodule that defines it (PEP 562 lazy attributes).
 _ATTRIBUTES = {
+    "Finetune": "finetune",
     "Freeze": "freeze",
     "GradualUnfreezing": "unfreezing",
     "DiscriminativeLR": "discriminative_lr",

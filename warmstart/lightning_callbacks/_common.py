@@ -40,9 +40,11 @@ def _covers(a: str | None, b: str | None) -> bool:
 def check_exclusive(trainer: Any, me: Any) -> None:
     """Raise at setup when another callback fights ``me`` for the optimizer or for the trainable set.
 
-    Two kinds of ownership: *optimizer* (rebuilds param groups: DiscriminativeLR, Lightning's BaseFinetuning,
-    which adds groups mid-training and so breaks schedulers and resume) and *trainable set* (Freeze,
-    GradualUnfreezing, LoRA: each decides ``requires_grad`` for its module, so two on one module undo each other).
+    Two kinds of ownership: *optimizer* (rebuilds param groups: DiscriminativeLR, a ``Finetune`` with an lr rule,
+    Lightning's BaseFinetuning, which adds groups mid-training and so breaks schedulers and resume) and *trainable
+    set*. warmstart callbacks on the **same** ``module`` do not fight: they merge into one plan with one controller
+    (``FinetunePlan.merged`` refuses an option set twice). On different but overlapping modules they would be two
+    controllers undoing each other, so that is refused.
 
     Example:
         >>> class T: callbacks = []
@@ -54,14 +56,18 @@ def check_exclusive(trainer: Any, me: Any) -> None:
     for cb in trainer.callbacks:
         if cb is me:
             continue
-        theirs = ("optimizer", "trainable") if isinstance(cb, BaseFinetuning) else getattr(cb, "_owns", ())
+        foreign = isinstance(cb, BaseFinetuning)
+        theirs = ("optimizer", "trainable") if foreign else getattr(cb, "_owns", ())
         for kind in set(mine) & set(theirs):
-            if kind == "trainable" and not _covers(getattr(me, "module", None), getattr(cb, "module", None)):
-                continue
+            if kind == "trainable" and not foreign:
+                a, b = getattr(me, "module", None), getattr(cb, "module", None)
+                merged = getattr(me, "_plan_part", False) and getattr(cb, "_plan_part", False) and a == b
+                if merged or not _covers(a, b):
+                    continue
             what = "rebuild the optimizer's param groups" if kind == "optimizer" else "set which parameters train"
             raise ValueError(
                 f"{type(me).__name__} and {type(cb).__name__} both {what}; they would undo each other. Keep one "
-                f"of them (e.g. GradualUnfreezing(max_groups=...) instead of Freeze + GradualUnfreezing, or one "
-                f"DiscriminativeLR; Lightning's BaseFinetuning adds param groups mid-training and cannot be "
+                f"of them, or put them on the same module= so they merge into one plan (one DiscriminativeLR or "
+                f"one lr rule per run; Lightning's BaseFinetuning adds param groups mid-training and cannot be "
                 f"combined with warmstart callbacks)."
             )

@@ -1,17 +1,20 @@
 """``DiscriminativeLR``: give the optimizer from ``configure_optimizers`` one explicit lr per layer group.
 
-How: at ``on_fit_start`` (after Lightning built the optimizer and scheduler configs, before any step and before
-a checkpoint's optimizer state is restored) we replace the param groups of the user's optimizer *in place* with
-``core.param_groups`` (every parameter, ``lr = user lr * scale``) and stretch each scheduler's per-group state to
-the new groups, scaled the same way. We considered re-creating the optimizer and the schedulers from their
-classes and constructor arguments; that is fragile (``OneCycleLR`` and ``CyclicLR`` keep their arguments in
-private phase tables or in the param groups, user schedulers take arbitrary arguments, and Lightning's
-``LRSchedulerConfig`` plus any reference the user kept, e.g. ``self.sched``, would point at stale objects).
-In place, the optimizer and scheduler objects are the ones the user built, every scheduler value that is an lr
-is multiplied by the group's scale (``base_lrs``, ``initial_lr``, ``max_lr``, ``min_lr``, ``min_lrs`` ...) and
-everything else (lambdas, momentum cycles, step counts) is copied, so each group follows the user's schedule
-shape exactly and the ratio between groups holds at every step (a scalar ``eta_min`` floor of
-``CosineAnnealingLR`` is the one thing that is not per group: use ``eta_min=0`` to keep ratios exact).
+The callback contributes the plan's lr rule; the lr scale of each group is the shared controller's. The rewrite
+below is Lightning plumbing (it is also what ``Finetune`` uses when its plan has an lr rule).
+
+How: at ``on_fit_start`` (after Lightning built the optimizer and scheduler configs, before any step and before a
+checkpoint's optimizer state is restored) we replace the param groups of the user's optimizer *in place* with
+``FinetuneController.param_groups`` (every parameter, ``lr = user lr * scale``) and stretch each scheduler's
+per-group state to the new groups, scaled the same way. We considered re-creating the optimizer and the schedulers
+from their classes and constructor arguments; that is fragile (``OneCycleLR`` and ``CyclicLR`` keep their arguments
+in private phase tables or in the param groups, user schedulers take arbitrary arguments, and Lightning's
+``LRSchedulerConfig`` plus any reference the user kept, e.g. ``self.sched``, would point at stale objects). In
+place, the optimizer and scheduler objects are the ones the user built, every scheduler value that is an lr is
+multiplied by the group's scale (``base_lrs``, ``initial_lr``, ``max_lr``, ``min_lr``, ``min_lrs`` ...) and
+everything else (lambdas, momentum cycles, step counts) is copied, so each group follows the user's schedule shape
+exactly and the ratio between groups holds at every step (a scalar ``eta_min`` floor of ``CosineAnnealingLR`` is the
+one thing that is not per group: use ``eta_min=0`` to keep ratios exact).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import torch
 from torch import nn
 
 from .._optional import require
-from ..core.layers import layer_groups
-from ..core.param_groups import check_lr_options, group_lr_table, group_scales, is_no_decay, param_groups
+from ..core.controller import FinetuneController
+from ..core.param_groups import check_lr_options, group_lr_table, is_no_decay
+from ..core.plan import FinetunePlan
 from ..core.validation import check_has_parameters
-from ._common import check_exclusive, target_module
+from ._plan import PlanCallback
 
 L = require("lightning", "lightning")
 rank_zero_info = L.pytorch.utilities.rank_zero_info
@@ -38,28 +42,33 @@ _COPIED_ATTRS = ("lr_lambdas", "base_momentums", "max_momentums")
 _OWN_KEYS = ("params", "param_names", "name", "weight_decay", "lr_scale")
 
 
-class DiscriminativeLR(L.Callback):
+class DiscriminativeLR(PlanCallback):
     """One explicit learning rate per layer group for the optimizer your ``configure_optimizers`` returns.
 
     Exactly one of ``layer_decay`` (``lr * decay ** distance_from_head``), ``group_lrs`` (group name or regex ->
-    absolute lr; others keep the optimizer's lr) or ``backbone_lr_ratio`` (non-head groups get ``lr * ratio``).
-    ``lr`` is the optimizer's own ``lr`` (its constructor default); the head keeps it, so the head's lr curve is
-    what it would be without this callback. The optimizer ends up holding **all** parameters (frozen ones too),
-    in groups named ``"<layer-group>/decay|no_decay"``; no-decay groups (biases, norms) get weight decay 0.
-    ``weight_decay`` overrides the optimizer's value for the decay groups. Works with any torch scheduler
-    (``LambdaLR``, ``OneCycleLR``, ``CosineAnnealingLR``, ``ReduceLROnPlateau``, ...), which keeps its shape.
+    absolute lr; others keep the optimizer's lr) or ``backbone_lr_ratio`` (non-head groups get ``lr * ratio``):
+    the plan's lr rule (with ``weight_decay``), merged with the other warmstart callbacks on the same ``module``;
+    the controller gives each group its scale. ``lr`` is the optimizer's own ``lr`` (its constructor default); the
+    head keeps it, so the head's lr curve is what it would be without this callback. The optimizer ends up holding
+    **all** parameters (frozen ones too), in groups named ``"<layer-group>/decay|no_decay"``; no-decay groups
+    (biases, norms) get weight decay 0. ``weight_decay`` overrides the optimizer's value for the decay groups.
+    Works with any torch scheduler (``LambdaLR``, ``OneCycleLR``, ``CosineAnnealingLR``, ``ReduceLROnPlateau``,
+    ...), which keeps its shape. This callback never changes which parameters train.
 
     Example:
         >>> import types, torch, torch.nn as nn
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
         >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        >>> trainer = types.SimpleNamespace(optimizers=[opt], lr_scheduler_configs=[])
-        >>> DiscriminativeLR(layer_decay=0.5).on_fit_start(trainer, net)
+        >>> cb = DiscriminativeLR(layer_decay=0.5)
+        >>> trainer = types.SimpleNamespace(callbacks=[cb], optimizers=[opt], lr_scheduler_configs=[])
+        >>> cb.setup(trainer, net, "fit")
+        >>> cb.on_fit_start(trainer, net)
         >>> [(g["name"], g["lr"]) for g in opt.param_groups]
         [('0/decay', 0.05), ('0/no_decay', 0.05), ('1/decay', 0.1), ('1/no_decay', 0.1)]
     """
 
     _owns = ("optimizer",)
+    _drives_trainable = False
 
     def __init__(self, layer_decay: float | None = None, group_lrs: dict[str, float] | None = None,
                  backbone_lr_ratio: float | None = None, weight_decay: float | None = None,
@@ -74,80 +83,88 @@ class DiscriminativeLR(L.Callback):
         self.layer_decay, self.group_lrs, self.backbone_lr_ratio = layer_decay, group_lrs, backbone_lr_ratio
         self.weight_decay, self.module = weight_decay, module
         self.layer_patterns = list(layer_patterns) if layer_patterns is not None else None
-        self.scales: dict[str, float] = {}
+        self._loaded_scales: dict[str, float] = {}
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(module=self.module, layer_decay=self.layer_decay, group_lrs=self.group_lrs,
                                         backbone_lr_ratio=self.backbone_lr_ratio)
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if stage != "fit":
-            return
-        check_exclusive(trainer, self)
-        # Dry run on the model as it is now (after LoRA etc.), so bad group names fail here, not mid-fit.
-        # group_lrs are absolute lrs, so their scale check needs a positive reference lr only.
-        sub = target_module(pl_module, self.module)
+    @property
+    def scales(self) -> dict[str, float]:
+        """lr scale of each param group (by name) once the optimizer is rebuilt."""
+        return dict(self._shared.scales) if self._shared is not None and self._shared.scales else \
+            dict(self._loaded_scales)
+
+    def plan_fragment(self, sub: nn.Module) -> FinetunePlan:
         check_has_parameters(sub, "DiscriminativeLR")  # an empty module would give no groups, silently
-        group_scales(layer_groups(sub, self.layer_patterns), 1.0, layer_decay=self.layer_decay,
-                     group_lrs=self.group_lrs, backbone_lr_ratio=self.backbone_lr_ratio)
-
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        optimizers = list(trainer.optimizers)
-        if len(optimizers) != 1:
-            raise ValueError(f"DiscriminativeLR supports one optimizer; configure_optimizers returned "
-                             f"{len(optimizers)}. Use core.param_groups in configure_optimizers for the others.")
-        opt = optimizers[0]
-        schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if _optimizer_of(c.scheduler) is opt]
-        self.rebuild(opt, pl_module, schedulers)
-
-    def rebuild(self, opt: torch.optim.Optimizer, pl_module: nn.Module, schedulers: Sequence[Any] = ()) -> None:
-        """Replace ``opt``'s param groups with per-layer-group ones and rebind ``schedulers`` (in place)."""
-        source = _single_source_group(opt)
-        base_lr = float(opt.defaults.get("lr", source.get("initial_lr", source["lr"])))
-        weight_decay = self.weight_decay if self.weight_decay is not None else source.get("weight_decay", 0.0)
-        groups = self._core_groups(pl_module, base_lr, weight_decay)
-        old_count = len(opt.param_groups)
-        opt.param_groups.clear()
-        for g in groups:
-            new = {k: _scaled(k, v, g["lr_scale"]) for k, v in source.items() if k not in _OWN_KEYS}
-            new.update({k: g[k] for k in _OWN_KEYS})
-            opt.add_param_group(new)
-        scales = [g["lr_scale"] for g in groups]
-        for sched in schedulers:
-            _rebind(sched, scales, old_count)
-        self.scales = {g["name"]: g["lr_scale"] for g in groups}
-        table = ", ".join(f"{k} {v:.3g}" for k, v in group_lr_table(opt).items() if k.endswith("/decay"))
-        rank_zero_info(f"warmstart DiscriminativeLR: {len(groups)} param groups; lr per group: {table}")
-
-    def _core_groups(self, pl_module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-        sub = target_module(pl_module, self.module)
-        groups = param_groups(sub, lr, layer_decay=self.layer_decay, group_lrs=self.group_lrs,
-                              backbone_lr_ratio=self.backbone_lr_ratio, weight_decay=weight_decay,
-                              layer_patterns=self.layer_patterns)
-        if sub is pl_module:
-            return groups
-        # Parameters outside `module` (e.g. a separate head or a loss with weights) train at the base lr.
-        prefix = self.module + "."
-        for g in groups:
-            g["param_names"] = [prefix + n for n in g["param_names"]]
-        inside = {id(p) for g in groups for p in g["params"]}
-        rest = [(n, p) for n, p in pl_module.named_parameters() if id(p) not in inside]
-        for kind in ("decay", "no_decay"):
-            chosen = [(n, p) for n, p in rest if (kind == "no_decay") == is_no_decay(n, p)]
-            if chosen:
-                groups.append({"params": [p for _, p in chosen], "param_names": [n for n, _ in chosen], "lr": lr,
-                               "lr_scale": 1.0, "weight_decay": weight_decay if kind == "decay" else 0.0,
-                               "name": f"rest/{kind}"})
-        return groups
+        return FinetunePlan(layer_decay=self.layer_decay, group_lrs=self.group_lrs,
+                            backbone_lr_ratio=self.backbone_lr_ratio, weight_decay=self.weight_decay,
+                            layer_patterns=self.layer_patterns)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scales": dict(self.scales)}
+        return {**super().state_dict(), "scales": self.scales}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # The groups are rebuilt deterministically from the model; Lightning then restores the optimizer's
         # state (and lrs) from the checkpoint onto them. Keeping the scales lets a mismatch be spotted.
-        self.scales = dict(state_dict.get("scales", {}))
+        self._loaded_scales = dict(state_dict.get("scales", {}))
+        super().load_state_dict(state_dict)
+
+
+def rebuild_for_trainer(trainer: Any, pl_module: nn.Module, controller: FinetuneController,
+                        module: str | None) -> dict[str, float]:
+    """Rebuild the trainer's one optimizer (and its schedulers) with the controller's per-group lrs, in place."""
+    optimizers = list(trainer.optimizers)
+    if len(optimizers) != 1:
+        raise ValueError(f"DiscriminativeLR supports one optimizer; configure_optimizers returned "
+                         f"{len(optimizers)}. Use FinetuneController.param_groups in configure_optimizers for the "
+                         "others.")
+    opt = getattr(optimizers[0], "_optimizer", optimizers[0])
+    schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if _optimizer_of(c.scheduler) is opt]
+    return rebuild(opt, pl_module, controller, module, schedulers)
+
+
+def rebuild(opt: torch.optim.Optimizer, pl_module: nn.Module, controller: FinetuneController,
+            module: str | None = None, schedulers: Sequence[Any] = ()) -> dict[str, float]:
+    """Replace ``opt``'s param groups with the controller's per-layer-group ones and rebind ``schedulers``."""
+    source = _single_source_group(opt)
+    base_lr = float(opt.defaults.get("lr", source.get("initial_lr", source["lr"])))
+    wd = controller.plan.weight_decay
+    weight_decay = wd if wd is not None else source.get("weight_decay", 0.0)
+    groups = _core_groups(pl_module, controller, module, base_lr, weight_decay)
+    old_count = len(opt.param_groups)
+    opt.param_groups.clear()
+    for g in groups:
+        new = {k: _scaled(k, v, g["lr_scale"]) for k, v in source.items() if k not in _OWN_KEYS}
+        new.update({k: g[k] for k in _OWN_KEYS})
+        opt.add_param_group(new)
+    scales = [g["lr_scale"] for g in groups]
+    for sched in schedulers:
+        _rebind(sched, scales, old_count)
+    table = ", ".join(f"{k} {v:.3g}" for k, v in group_lr_table(opt).items() if k.endswith("/decay"))
+    rank_zero_info(f"warmstart DiscriminativeLR: {len(groups)} param groups; lr per group: {table}")
+    return {g["name"]: g["lr_scale"] for g in groups}
+
+
+def _core_groups(pl_module: nn.Module, controller: FinetuneController, module: str | None, lr: float,
+                 weight_decay: float) -> list[dict]:
+    groups = controller.param_groups(lr, weight_decay=weight_decay)
+    if controller.model is pl_module:
+        return groups
+    # Parameters outside `module` (e.g. a separate head or a loss with weights) train at the base lr.
+    prefix = module + "."
+    for g in groups:
+        g["param_names"] = [prefix + n for n in g["param_names"]]
+    inside = {id(p) for g in groups for p in g["params"]}
+    rest = [(n, p) for n, p in pl_module.named_parameters() if id(p) not in inside]
+    for kind in ("decay", "no_decay"):
+        chosen = [(n, p) for n, p in rest if (kind == "no_decay") == is_no_decay(n, p)]
+        if chosen:
+            groups.append({"params": [p for _, p in chosen], "param_names": [n for n, _ in chosen], "lr": lr,
+                           "lr_scale": 1.0, "weight_decay": weight_decay if kind == "decay" else 0.0,
+                           "name": f"rest/{kind}"})
+    return groups
 
 
 def _optimizer_of(scheduler: Any) -> Any:

@@ -1,32 +1,30 @@
-"""``LoRA``: inject LoRA adapters (``core.apply_lora``) into a LightningModule before its optimizer is built."""
+"""``LoRA``: LoRA adapters in a LightningModule, injected before its optimizer is built (contributes ``lora``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from .._optional import require
 from ..core.checkpoints import save_weights
-from ..core.lora import (
-    Targets,
-    apply_lora,
-    check_lora_options,
-    find_lora_targets,
-    has_lora,
-    merge_lora,
-    trainable_summary,
-)
-from ._common import check_exclusive, target_module
+from ..core.lora import Targets, check_lora_options, find_lora_targets, has_lora, merge_lora, trainable_summary
+from ..core.plan import FinetunePlan
+from ._common import target_module
+from ._plan import PlanCallback
 
 L = require("lightning", "lightning")
 rank_zero_info = L.pytorch.utilities.rank_zero_info
 
 
-class LoRA(L.Callback):
+class LoRA(PlanCallback):
     """Adapt a LightningModule (or its ``module`` attribute) with LoRA at ``setup``, before ``configure_optimizers``.
 
-    Adapters are injected in place (same module, same class): only the adapters, the head and BatchNorm train.
-    They are ordinary parameters of the module, so Lightning checkpoints hold them and ``fit(ckpt_path=...)``,
+    Contributes the plan's ``lora`` field; the controller injects the adapters in place (same module, same class):
+    only the adapters, the head and BatchNorm train. With ``GradualUnfreezing`` on the same module the schedule
+    decides *when* each group's adapters train (the head first); the base weights never do. Adapters are ordinary
+    parameters of the module, so Lightning checkpoints hold them and ``fit(ckpt_path=...)``,
     ``validate``/``test(ckpt_path=...)`` work (adapters are injected for every stage). With ``merge_on_end=True``
     the adapters are folded into the base layers when fit ends (the module becomes a plain model again) and the
     merged weights are written as safetensors to ``merged_path`` (default ``<trainer.default_root_dir>/merged
@@ -42,8 +40,6 @@ class LoRA(L.Callback):
         ['0.lora_A.default.weight', '0.lora_B.default.weight']
     """
 
-    _owns = ("trainable",)
-
     def __init__(self, r: int = 8, alpha: int = 16, targets: Targets = "auto", dropout: float = 0.0,
                  module: str | None = None, merge_on_end: bool = False, merged_path: str | None = None) -> None:
         check_lora_options(r, alpha, dropout)  # fail where the user wrote it, not at setup
@@ -56,16 +52,20 @@ class LoRA(L.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(module=self.module)
 
+    def _lora_options(self) -> dict[str, Any]:
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": self.targets}
+
+    def plan_fragment(self, sub: nn.Module) -> FinetunePlan:
+        if not has_lora(sub):  # resolved now for the log line and the resume check; a bad regex fails here
+            self.target_names = find_lora_targets(sub, self.targets)
+        return FinetunePlan(lora=self._lora_options())
+
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        check_exclusive(trainer, self)
-        sub = target_module(pl_module, self.module)
-        if has_lora(sub):  # a second fit/test on the same module: adapters are already there
-            return
-        self.target_names = find_lora_targets(sub, self.targets)
-        apply_lora(sub, r=self.r, alpha=self.alpha, targets=self.target_names, dropout=self.dropout)
-        s = trainable_summary(pl_module)
-        rank_zero_info(f"warmstart LoRA: r={self.r} on {len(self.target_names)} modules; trainable "
-                       f"{s['trainable']:,} of {s['total']:,} parameters ({s['percent']}%)")
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            s = trainable_summary(pl_module)
+            rank_zero_info(f"warmstart LoRA: r={self.r} on {len(self.target_names)} modules; trainable "
+                           f"{s['trainable']:,} of {s['total']:,} parameters ({s['percent']}%)")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if not self.merge_on_end:
@@ -79,10 +79,11 @@ class LoRA(L.Callback):
             rank_zero_info(f"warmstart LoRA: merged adapters; plain weights saved to {path}")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"r": self.r, "alpha": self.alpha, "targets": list(self.target_names)}
+        return {**super().state_dict(), "r": self.r, "alpha": self.alpha, "targets": list(self.target_names)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("targets") or []
         if self.target_names and saved and (sorted(saved) != sorted(self.target_names) or state_dict["r"] != self.r):
             raise ValueError(f"the checkpoint's LoRA had r={state_dict['r']} on {len(saved)} modules, this one has "
                              f"r={self.r} on {len(self.target_names)}; resume with the same LoRA settings.")
+        super().load_state_dict(state_dict)

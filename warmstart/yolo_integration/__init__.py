@@ -1,14 +1,15 @@
 """Ultralytics YOLO front end: ``wrap(YOLO(...), ...)`` gives ``.train()`` pretrained backbones, freezing schedules,
-layer-wise LR and LoRA, all computed by ``warmstart.core``.
+layer-wise LR and LoRA: one :class:`~warmstart.core.plan.FinetunePlan`, applied by ``warmstart.core``'s
+``FinetuneController`` at Ultralytics' hooks.
 
 Importing this package needs Ultralytics (``pip install 'warmstart[yolo]'``).
 
 Example:
     >>> from ultralytics import YOLO
     >>> from warmstart.yolo_integration import wrap
-    >>> model = wrap(YOLO("yolov8n.yaml", verbose=False), unfreeze_schedule={"at": {"neck": 1, "backbone": 2}})
-    >>> model.warmstart.unfreeze_schedule
-    {'at': {'neck': 1, 'backbone': 2}}
+    >>> model = wrap(YOLO("yolov8n.yaml", verbose=False), plan={"at": {"neck": 1, "backbone": 2}, "layer_decay": 0.8})
+    >>> model.warmstart.plan
+    {'at': {'neck': 1, 'backbone': 2}, 'layer_decay': 0.8}
 """
 
 from typing import Any
@@ -18,7 +19,7 @@ from .._optional import require
 
 require("ultralytics")
 
-from .config import YoloWarmstartConfig, make_config  # noqa: E402
+from .config import YoloWarmstartConfig, make_config, plan_from_kwargs  # noqa: E402
 from .lora_merge import clean_copy  # noqa: E402
 from .offline import offline_guard  # noqa: E402
 from .trainer import (  # noqa: E402
@@ -36,7 +37,7 @@ from .wrap import is_wrapped, wrap  # noqa: E402
 __all__ = [
     "TRAINERS", "WarmstartClassificationTrainer", "WarmstartDetectionTrainer", "WarmstartOBBTrainer",
     "WarmstartPoseTrainer", "WarmstartSegmentationTrainer", "WarmstartTrainerMixin", "YoloWarmstartConfig",
-    "clean_copy", "config_of", "is_wrapped", "make_config", "offline_guard", "wrap",
+    "clean_copy", "config_of", "is_wrapped", "make_config", "offline_guard", "plan_from_kwargs", "wrap",
 ]
 
 

@@ -1,68 +1,125 @@
-"""What ``wrap()`` stores on a YOLO object, and how it maps onto the core's layer groups.
+"""What ``wrap()`` stores on a YOLO object: a :class:`~warmstart.core.plan.FinetunePlan` plus the backbone load.
 
-The config is plain JSON-able data (no tensors, no modules): it is written next to ``last.pt`` so that
-``train(resume=...)`` gets the same freezing schedule and learning rates back, and it is resolved against the
-model's layer groups (one per ``model.N``, roles backbone / neck / head) only when a model exists.
+The config is plain JSON-able data (no tensors, no modules). It travels as one train argument inside
+Ultralytics' ``trainer.args``, so DDP workers and ``train(resume=True)`` (the args come back from ``last.pt``) get
+the same plan. Every fine-tuning decision the plan implies is made by
+:class:`~warmstart.core.controller.FinetuneController` (ARCHITECTURE.md rules 1 and 10); this module only
+translates ``wrap()``'s keyword arguments into a plan, one meaning each:
+
+============================================  =====================================================
+``wrap()`` keyword                            plan
+============================================  =====================================================
+``freeze=X``                                  ``{"freeze": X}``
+``unfreeze_schedule={"at": {...}}``           ``{"at": {...}}``
+``unfreeze_schedule={"head_epochs", "every"}``  ``{"head_epochs": ..., "every": ..., "max_groups": ...}``
+``layer_decay=0.8`` (a float)                 ``{"layer_decay": 0.8}``
+``layer_decay={role or group: scale}``        ``{"lr_scales": {...}}`` (deprecated spelling)
+``lora=True`` / ``lora=4`` / ``lora={...}``   ``{"lora": {}}`` / ``{"lora": {"r": 4}}`` / ``{"lora": {...}}``
+``bn="train"``                                ``{"bn": "train"}``
+============================================  =====================================================
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..core import LayerGroup, UnfreezeSchedule, group_names, group_scales, layer_groups, select_groups
+from ..core import UnfreezeSchedule
 from ..core.checkpoints import resolve_weights_path
-from ..core.lora import check_lora_options
-from ..core.validation import check_non_negative
+from ..core.controller import FinetuneController
+from ..core.plan import FinetunePlan
 from ..core.weight_keys import check_patterns
 
-ROLES = ("backbone", "neck", "head")
-LORA_DEFAULTS = {"r": 8, "alpha": 16, "targets": "auto", "dropout": 0.0}
+_SCHEDULE_KEYS = ("at", "head_epochs", "every", "max_groups")
+_LEGACY_KEYS = ("freeze", "unfreeze_schedule", "layer_decay", "lora", "bn")  # configs written before plans
 
 
 @dataclass
 class YoloWarmstartConfig:
-    """Everything :func:`warmstart.yolo_integration.wrap` applies inside ``YOLO.train``.
+    """Everything :func:`warmstart.yolo_integration.wrap` applies inside ``YOLO.train``: the plan (as a dict)
+    and the pretrained backbone to load.
 
-    Group selectors accept what :func:`warmstart.core.select_groups` accepts (index, ``"model.N"``, ``"all_but_head"``)
-    plus the roles ``"backbone"`` and ``"neck"``.
+    The read-only properties (``freeze``, ``unfreeze_schedule``, ``lr_rule``, ``lora``, ``bn``) are views of the
+    plan, for inspection.
 
     Example:
-        >>> cfg = YoloWarmstartConfig(freeze="backbone", layer_decay={"backbone": 0.1, "neck": 0.5})
+        >>> cfg = YoloWarmstartConfig(plan={"freeze": "backbone", "lr_scales": {"neck": 0.5}})
         >>> YoloWarmstartConfig.from_json(cfg.to_json()) == cfg
         True
+        >>> YoloWarmstartConfig.from_json('{"freeze": "backbone", "layer_decay": {"neck": 0.5}}') == cfg
+        True
+        >>> cfg.freeze, cfg.finetune_plan.lr_rule
+        ('backbone', {'lr_scales': {'neck': 0.5}})
     """
 
     backbone_weights: str | None = None
-    freeze: Any = None
-    unfreeze_schedule: dict | None = None
-    layer_decay: float | dict[str, float] | None = None
-    lora: dict | None = None
-    bn: str = "eval"
+    plan: dict[str, Any] = field(default_factory=dict)
     min_match: float = 1.0
     allow_missing: list[str] | None = None
 
+    def __post_init__(self) -> None:
+        self.plan = FinetunePlan.from_dict(self.plan).to_dict()  # validated and normalised (defaults dropped)
+
+    @property
+    def finetune_plan(self) -> FinetunePlan:
+        """The plan as a :class:`FinetunePlan`."""
+        return FinetunePlan.from_dict(self.plan)
+
     @property
     def is_empty(self) -> bool:
-        return not any((self.backbone_weights, self.freeze is not None, self.unfreeze_schedule, self.layer_decay,
-                        self.lora))
+        """True when the config changes nothing about a plain Ultralytics run."""
+        return not self.backbone_weights and not self.plan
+
+    @property
+    def freeze(self) -> Any:
+        """The plan's ``freeze`` selector."""
+        return self.plan.get("freeze")
+
+    @property
+    def unfreeze_schedule(self) -> dict | None:
+        """The plan's schedule fields (``at`` or ``head_epochs``/``every``/``max_groups``), or None."""
+        sched = {k: self.plan[k] for k in _SCHEDULE_KEYS if k in self.plan}
+        if "head_epochs" not in sched:
+            sched.pop("every", None)
+        return sched or None
+
+    @property
+    def lora(self) -> dict | None:
+        """The plan's LoRA options (defaults filled in), or None."""
+        return self.finetune_plan.lora
+
+    @property
+    def bn(self) -> str:
+        """The plan's BatchNorm policy for frozen groups."""
+        return self.finetune_plan.bn
 
     def to_json(self) -> str:
-        """One-line JSON: it travels inside Ultralytics' train args (checkpoints, DDP workers)."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """One-line JSON: it travels inside Ultralytics' train args (checkpoints, DDP workers).
+
+        ``unfreeze_schedule`` is written too, as a read-only view of the plan for whoever inspects ``last.pt``.
+        """
+        data = {**asdict(self), "unfreeze_schedule": self.unfreeze_schedule}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | dict) -> YoloWarmstartConfig:
         """Inverse of :meth:`to_json` (also accepts the already-parsed dict)."""
         data = json.loads(text) if isinstance(text, str) else dict(text)
+        legacy = {k: data.pop(k) for k in _LEGACY_KEYS if k in data}
+        if "plan" not in data and any(v is not None for v in legacy.values()):
+            # A config written before plans existed (e.g. in the train args of an older run's last.pt).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                data["plan"] = plan_from_kwargs(**{k: v for k, v in legacy.items() if v is not None}).to_dict()
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown warmstart option(s) {sorted(unknown)}; was this run made by a newer warmstart?")
+            raise ValueError(f"unknown warmstart option(s) {sorted(unknown)}; was this run made by another "
+                             f"warmstart version? Valid: {sorted(cls.__dataclass_fields__)}")
         return cls(**data)
 
     @classmethod
@@ -80,162 +137,97 @@ class YoloWarmstartConfig:
         return cls.from_json(value)
 
 
-def make_config(*, backbone_weights=None, freeze=None, unfreeze_schedule=None, layer_decay=None, lora=None,
-                bn: str = "eval", min_match: float = 1.0, allow_missing=None) -> YoloWarmstartConfig:
-    """Normalise ``wrap()``'s keyword arguments into a :class:`YoloWarmstartConfig` (no model needed yet).
+def plan_from_kwargs(*, freeze: Any = None, unfreeze_schedule: Any = None, layer_decay: Any = None,
+                     lora: Any = None, bn: str = "eval") -> FinetunePlan:
+    """Translate ``wrap()``'s fine-tuning keyword arguments into a :class:`FinetunePlan` (table in the module doc).
 
-    ``backbone_weights`` may be the weights file or the export folder (resolved to its ``backbone.safetensors``
-    here, so the trainer and DDP workers load one file); a missing path raises FileNotFoundError naming it.
-    ``min_match`` / ``allow_missing`` are ``core.checkpoints.load_backbone_weights``' partial-load options.
+    Example:
+        >>> plan_from_kwargs(freeze="backbone", unfreeze_schedule={"head_epochs": 1}, layer_decay=0.8).to_dict()
+        {'freeze': 'backbone', 'head_epochs': 1, 'layer_decay': 0.8}
+        >>> plan_from_kwargs(lora=4).lora
+        {'r': 4, 'alpha': 16, 'dropout': 0.0, 'targets': 'auto'}
+    """
+    data: dict[str, Any] = {}
+    if freeze is not None:
+        data["freeze"] = list(freeze) if isinstance(freeze, tuple) else freeze
+    if isinstance(unfreeze_schedule, UnfreezeSchedule):
+        if unfreeze_schedule.at is not None:
+            raise ValueError("an UnfreezeSchedule with a list at=[...] needs the model's groups; pass "
+                             "unfreeze_schedule={'at': {group name or role: epoch}} instead")
+        unfreeze_schedule = {"head_epochs": unfreeze_schedule.head_epochs, "every": unfreeze_schedule.every,
+                             "max_groups": unfreeze_schedule.max_groups}
+    if unfreeze_schedule is not None:
+        if not isinstance(unfreeze_schedule, dict):
+            raise ValueError("unfreeze_schedule must be a dict, e.g. {'head_epochs': 1, 'every': 1} or "
+                             "{'at': {'neck': 1, 'backbone': 2}}")
+        unknown = sorted(set(unfreeze_schedule) - set(_SCHEDULE_KEYS))
+        if unknown:
+            raise ValueError(f"unfreeze_schedule has unknown key(s) {unknown}; valid: {list(_SCHEDULE_KEYS)}")
+        data.update({k: v for k, v in unfreeze_schedule.items() if v is not None})
+    if isinstance(layer_decay, dict):
+        warnings.warn("layer_decay={role or group: scale} is deprecated: pass plan={'lr_scales': {...}} "
+                      "(layer_decay is a float: lr x decay per group away from the head)",
+                      DeprecationWarning, stacklevel=3)
+        data["lr_scales"] = dict(layer_decay)
+    elif layer_decay is not None:
+        if isinstance(layer_decay, bool) or not isinstance(layer_decay, int | float):
+            raise ValueError("layer_decay must be a float in (0, 1] (lr x decay per layer group away from the "
+                             f"head), got {layer_decay!r}; per-group scales go in plan={{'lr_scales': {{...}}}}")
+        data["layer_decay"] = float(layer_decay)
+    if lora is True:
+        data["lora"] = {}
+    elif isinstance(lora, int) and not isinstance(lora, bool):
+        data["lora"] = {"r": lora}
+    elif lora is not None and lora is not False:
+        data["lora"] = lora
+    data["bn"] = bn
+    return FinetunePlan.from_dict(data)
+
+
+def make_config(*, plan: FinetunePlan | dict | None = None, backbone_weights: str | Path | None = None,
+                min_match: float = 1.0, allow_missing: str | list[str] | None = None,
+                **plan_kwargs: Any) -> YoloWarmstartConfig:
+    """Normalise ``wrap()``'s arguments into a :class:`YoloWarmstartConfig` (no model needed yet).
+
+    ``plan`` and the old keyword arguments (``freeze``, ``unfreeze_schedule``, ``layer_decay``, ``lora``,
+    ``bn``) combine; an option set in both is an error. ``backbone_weights`` may be the weights file or the export
+    folder (resolved to its ``backbone.safetensors`` here, so the trainer and DDP workers load one file); a missing
+    path raises FileNotFoundError naming it. ``min_match`` / ``allow_missing`` are
+    ``core.checkpoints.load_backbone_weights``' partial-load options.
 
     Example:
         >>> make_config(lora=4).lora
-        {'r': 4, 'alpha': 16, 'targets': 'auto', 'dropout': 0.0}
+        {'r': 4, 'alpha': 16, 'dropout': 0.0, 'targets': 'auto'}
+        >>> make_config(plan={"layer_decay": 0.8}) == make_config(layer_decay=0.8)
+        True
     """
-    if bn not in ("eval", "train"):
-        raise ValueError(f"bn must be 'eval' (frozen BatchNorm statistics) or 'train', got {bn!r}")
-    if isinstance(unfreeze_schedule, UnfreezeSchedule):
-        sched = unfreeze_schedule.state_dict()
-    elif unfreeze_schedule is None or isinstance(unfreeze_schedule, dict):
-        sched = dict(unfreeze_schedule) if unfreeze_schedule else None
-    else:
-        raise ValueError("unfreeze_schedule must be an UnfreezeSchedule or a dict of its fields, e.g. "
-                         "{'head_epochs': 1, 'every': 1} or {'at': {'head': 0, 'neck': 1, 'backbone': 2}}")
+    merged = plan_from_kwargs(**plan_kwargs)
+    if plan is not None:
+        merged = FinetunePlan.from_dict(plan).merged(merged, owner="plan=", other_owner="wrap()'s keyword arguments")
     if backbone_weights is not None and not isinstance(backbone_weights, str | Path):
         raise ValueError("backbone_weights must be a path to an exported backbone (.safetensors or .pt), e.g. "
                          f"'out/exported/backbone.safetensors'; got {type(backbone_weights).__name__}")
     if backbone_weights is not None:
         # A folder means the export inside it; the error (a ValueError too) names the path that is missing.
-        backbone_weights = resolve_weights_path(backbone_weights)
+        backbone_weights = str(Path(resolve_weights_path(backbone_weights)).resolve())
     if not 0 < min_match <= 1:
         raise ValueError(f"min_match must be in (0, 1], got {min_match}")
-    allow_missing = check_patterns(allow_missing) or None
-    if lora is True:
-        lora = {}
-    elif isinstance(lora, int) and not isinstance(lora, bool):
-        lora = {"r": lora}
-    elif lora is not None and not isinstance(lora, dict):
-        raise ValueError(f"lora must be True, a rank (int) or a dict like {LORA_DEFAULTS}, got {lora!r}")
-    if lora is not None:
-        unknown = set(lora) - set(LORA_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown lora option(s) {sorted(unknown)}; valid: {sorted(LORA_DEFAULTS)}")
-        lora = {**LORA_DEFAULTS, **lora}
-        check_lora_options(lora["r"], lora["alpha"], lora["dropout"])  # fail at wrap(), not at training setup
-    if layer_decay is not None and not isinstance(layer_decay, int | float | dict):
-        raise ValueError("layer_decay must be a float in (0, 1] (decay per layer group from the head) or a dict "
-                         "{role or group name: lr scale}, e.g. {'backbone': 0.1, 'neck': 0.5}")
-    if isinstance(layer_decay, dict):
-        for key, scale in layer_decay.items():
-            check_non_negative(f"layer_decay[{key!r}]", scale)
-    if isinstance(freeze, tuple):
-        freeze = list(freeze)
-    return YoloWarmstartConfig(backbone_weights=str(Path(backbone_weights).resolve()) if backbone_weights else None,
-                               freeze=freeze,
-                               unfreeze_schedule=sched, layer_decay=layer_decay, lora=lora, bn=bn,
-                               min_match=min_match, allow_missing=allow_missing)
+    return YoloWarmstartConfig(backbone_weights=backbone_weights, plan=merged.to_dict(), min_match=min_match,
+                               allow_missing=check_patterns(allow_missing) or None)
 
 
-# ---------------------------------------------------------------------------------------------- resolution
+def validate(model: nn.Module, cfg: YoloWarmstartConfig) -> FinetuneController:
+    """Check the plan against ``model`` once, so bad input fails at ``wrap()`` time, not mid-training.
 
-
-def _indices(groups: Sequence[LayerGroup], selector: Any) -> list[int]:
-    """Core selector semantics, plus role names (``"backbone"``, ``"neck"``, ``"head"``)."""
-    if selector is None:
-        return []
-    items = [selector] if isinstance(selector, int | str) else list(selector)
-    out: set[int] = set()
-    for item in items:
-        if isinstance(item, str) and item in ROLES:
-            out |= {i for i, g in enumerate(groups) if g.role == item}
-        else:
-            out |= set(select_groups(groups, item))
-    return sorted(out)
-
-
-def head_index(groups: Sequence[LayerGroup]) -> int:
-    """Index of the task head (Detect / Segment / Pose / Classify): always the last group."""
-    return len(groups) - 1
-
-
-def frozen_indices(groups: Sequence[LayerGroup], cfg: YoloWarmstartConfig) -> list[int]:
-    """Groups ``freeze`` keeps frozen for the whole run; refuses to freeze the Detect head."""
-    idx = _indices(groups, cfg.freeze)
-    if head_index(groups) in idx:
-        raise ValueError(f"freeze={cfg.freeze!r} selects the head ({groups[-1].name}), which always trains; "
-                         "use 'all_but_head', 'backbone', 'neck' or group names like 'model.0'")
-    return idx
-
-
-def build_schedule(groups: Sequence[LayerGroup], cfg: YoloWarmstartConfig) -> UnfreezeSchedule | None:
-    """The :class:`UnfreezeSchedule` for this model; ``at`` may be a dict keyed by role or group name."""
-    if not cfg.unfreeze_schedule:
-        return None
-    kwargs = dict(cfg.unfreeze_schedule)
-    kwargs.pop("num_groups", None)  # always the model's own count
-    at = kwargs.get("at")
-    if isinstance(at, dict):
-        names = group_names(groups)
-        bad = [k for k in at if k not in ROLES and k not in names]
-        if bad:
-            raise ValueError(f"unfreeze_schedule['at'] keys {bad} are neither roles {ROLES} nor groups {names}")
-        epochs = []
-        for g in groups:
-            if g.name in at:
-                epochs.append(int(at[g.name]))
-            elif g.role in at:
-                epochs.append(int(at[g.role]))
-            elif g.role == "head":
-                epochs.append(0)
-            else:
-                raise ValueError(f"unfreeze_schedule['at'] gives no epoch for group {g.name} (role {g.role}); "
-                                 f"add its role, e.g. {{'{g.role}': 2}}")
-        kwargs["at"] = epochs
-    try:
-        return UnfreezeSchedule(num_groups=len(groups), **kwargs)
-    except TypeError as err:
-        raise ValueError(f"unfreeze_schedule {cfg.unfreeze_schedule} has an unknown field: {err}") from err
-
-
-def trainable_indices(groups: Sequence[LayerGroup], cfg: YoloWarmstartConfig, epoch: int) -> list[int]:
-    """Groups trainable at ``epoch``: the schedule's, minus ``freeze``, plus the head (always)."""
-    schedule = build_schedule(groups, cfg)
-    allowed = set(schedule.trainable_indices(epoch)) if schedule else set(range(len(groups)))
-    allowed -= set(frozen_indices(groups, cfg))
-    allowed.add(head_index(groups))
-    return sorted(allowed)
-
-
-def lr_options(groups: Sequence[LayerGroup], cfg: YoloWarmstartConfig, lr: float) -> dict:
-    """Keyword arguments for :func:`warmstart.core.param_groups` that realise ``cfg.layer_decay``."""
-    decay = cfg.layer_decay
-    if decay is None:
-        return {}
-    if not isinstance(decay, dict):
-        return {"layer_decay": float(decay)}
-    names = group_names(groups)
-    bad = [k for k in decay if k not in ROLES and k not in names]
-    if bad:
-        raise ValueError(f"layer_decay keys {bad} are neither roles {ROLES} nor layer groups {names}")
-    group_lrs = {}
-    for g in groups:
-        scale = decay.get(g.name, decay.get(g.role, 1.0))
-        if scale < 0:
-            raise ValueError(f"layer_decay[{g.name!r}/{g.role!r}] must be >= 0, got {scale}")
-        group_lrs[g.name] = lr * scale
-    return {"group_lrs": group_lrs}
-
-
-def validate(model: nn.Module, cfg: YoloWarmstartConfig) -> list[LayerGroup]:
-    """Resolve every option against ``model`` once, so bad input fails at ``wrap()`` time, not mid-training."""
-    groups = layer_groups(model)
-    if groups[-1].role != "head":
-        raise ValueError(f"could not find the head of this YOLO model (groups {group_names(groups)})")
-    frozen_indices(groups, cfg)
-    schedule = build_schedule(groups, cfg)
-    if schedule is not None and head_index(groups) not in schedule.trainable_indices(0):
-        raise ValueError("the unfreeze schedule must train the head from epoch 0 (the Detect head always trains)")
-    lr_options(groups, cfg, 1.0)
-    if cfg.layer_decay is not None and not isinstance(cfg.layer_decay, dict):
-        group_scales(groups, 1.0, layer_decay=float(cfg.layer_decay))
-    return groups
+    Builds a controller without LoRA (the groups are the same; ``model`` is left untouched) and resolves every
+    selector and the lr rule. The returned controller is for inspection only.
+    """
+    plan = cfg.finetune_plan
+    ctl = FinetuneController(model, FinetunePlan.from_dict({**plan.to_dict(), "lora": None}))
+    if ctl.groups[-1].role != "head":
+        raise ValueError(f"could not find the head of this YOLO model (groups {ctl.group_names})")
+    if len(ctl.groups) - 1 in ctl.frozen:
+        raise ValueError(f"freeze={plan.freeze!r} selects the head ({ctl.group_names[-1]}), which always trains; "
+                         f"freeze roles 'backbone'/'neck' or groups from {ctl.group_names[:-1]}")
+    ctl.lr_scales_for(1.0)  # resolves lr_scales / group_lrs keys
+    return ctl

@@ -8,15 +8,20 @@ Where each piece hooks into ``BaseTrainer`` (Ultralytics 8.4), and why there:
   ``Trainer(overrides=args)`` in each worker) and ``train(resume=True)`` (the args come back from ``last.pt``).
 - ``get_model``: Ultralytics rebuilds the model from its yaml (or checkpoint) inside the trainer, so the backbone
   weights and LoRA go onto *that* model, not onto the ``YOLO`` object's.
+- ``get_model`` also builds the run's :class:`~warmstart.core.controller.FinetuneController` from the plan: it
+  owns every decision (trainable set from freeze + schedule + LoRA, lr scale per group, BatchNorm policy); the
+  hooks below only tell it where the run is.
 - ``build_optimizer``: ``_setup_train`` sets ``requires_grad=True`` on every parameter it did not freeze itself
-  just before building the optimizer, so we re-apply our trainable set here, then return an optimizer over
-  ``core.param_groups`` (all parameters, explicit ``lr`` per layer group). Ultralytics' ``LambdaLR`` and its warmup
+  just before building the optimizer, so we re-apply the controller's trainable set here, then return an optimizer
+  over ``controller.param_groups`` (all parameters, explicit ``lr`` per layer group) with Ultralytics' own
+  optimizer class, ``lr0`` and momentum. Ultralytics' ``LambdaLR`` and its warmup
   both scale each group's ``initial_lr``, so the ratios between groups hold at every iteration. Our groups are
   never tagged ``param_group="bias"``: that tag makes warmup start biases at ``warmup_bias_lr``, which would break
   the ratio during warmup.
 - ``resume_training``: re-applies the trainable set once Ultralytics knows the epoch it resumes from.
-- ``on_train_epoch_start`` (first in the list): the trainable set for this epoch. ``UnfreezeSchedule`` is a pure
-  function of the epoch, so resume lands on the same set. BatchNorm of frozen groups is pinned to eval by the core.
+- ``on_train_epoch_start`` (first in the list): the controller's trainable set for this epoch (and
+  ``on_train_batch_start`` for plans counted in steps or fractions). The schedule is a pure function of the
+  position, so resume lands on the same set. BatchNorm of frozen groups is pinned to eval by the controller.
 - ``save_model``: checkpoints get a clean copy (LoRA merged, no warmstart objects) so ``best.pt`` loads in plain
   Ultralytics, written atomically so a kill mid-save leaves the previous ``last.pt`` intact; the adapters go to a
   small file next to ``last.pt`` for resume.
@@ -30,7 +35,7 @@ import os
 import secrets
 from pathlib import Path
 
-from torch import nn, optim
+from torch import optim
 
 from .._optional import require
 
@@ -44,8 +49,8 @@ from ultralytics.models.yolo.segment import SegmentationTrainer  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, LOGGER  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
-from ..core import apply_lora, freeze, has_lora, layer_groups, param_groups, unfreeze  # noqa: E402
-from . import config as cfgmod  # noqa: E402
+from ..core import apply_lora, has_lora  # noqa: E402
+from ..core.controller import FinetuneController  # noqa: E402
 from .config import YoloWarmstartConfig  # noqa: E402
 from .lora_merge import ADAPTER_FILE, clean_copy, restore_adapters, save_adapters  # noqa: E402
 
@@ -53,7 +58,16 @@ ARG = "warmstart"  # the train argument (and trainer.args attribute) that carrie
 
 
 def _on_epoch_start(trainer: WarmstartTrainerMixin) -> None:
+    trainer.warmstart_batch = 0
     trainer.apply_warmstart(trainer.epoch)
+
+
+def _on_batch_start(trainer: WarmstartTrainerMixin) -> None:
+    # Plans counted in optimizer steps or fractions of the run can move inside an epoch; epoch plans cannot.
+    controller = getattr(trainer, "controller", None)
+    if controller is not None and controller.plan.unit != "epoch":
+        trainer.apply_warmstart(trainer.epoch, trainer.warmstart_batch)
+    trainer.warmstart_batch = getattr(trainer, "warmstart_batch", 0) + 1
 
 
 class WarmstartTrainerMixin:
@@ -89,13 +103,15 @@ class WarmstartTrainerMixin:
                              "with static_graph=True, which cannot follow layers being frozen and unfrozen")
         # Ours runs first, so user callbacks at on_train_epoch_start already see this epoch's trainable set; the
         # DDP script hands our callbacks back to the rebuilt trainer, hence the de-duplication.
-        starts = [cb for cb in self.callbacks["on_train_epoch_start"] if cb is not _on_epoch_start]
-        self.callbacks["on_train_epoch_start"] = [_on_epoch_start, *starts]
+        for event, ours in (("on_train_epoch_start", _on_epoch_start), ("on_train_batch_start", _on_batch_start)):
+            others = [cb for cb in self.callbacks[event] if cb is not ours]
+            self.callbacks[event] = [ours, *others]
 
     # ------------------------------------------------------------------------------------------ model
 
     def get_model(self, cfg=None, weights=None, verbose=True):
-        """The task model, then the pretrained backbone (new runs only) and LoRA on top."""
+        """The task model, then the pretrained backbone (new runs only), then the plan's controller (which adds
+        LoRA); on resume the saved adapters come back into it."""
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         ws = self.warmstart
         if ws.backbone_weights and not self.resume:
@@ -104,11 +120,11 @@ class WarmstartTrainerMixin:
             self.backbone_report = load_backbone_weights(model, ws.backbone_weights, min_match=ws.min_match,
                                                          allow_missing=ws.allow_missing)
             LOGGER.info(f"warmstart: {self.backbone_report.summary()} from {ws.backbone_weights}")
+        self.controller = FinetuneController(model, ws.plan)
         if ws.lora:
-            apply_lora(model, **ws.lora)
             if self.resume:
                 restore_adapters(model, Path(self.args.resume).parent / ADAPTER_FILE)
-            # build_optimizer re-applies the LoRA trainable set; until then keep Ultralytics' own freeze pass from
+            # build_optimizer applies the plan's trainable set; until then keep Ultralytics' own freeze pass from
             # warning once per frozen base weight.
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -117,29 +133,38 @@ class WarmstartTrainerMixin:
     def _load_checkpoint_state(self, ckpt):
         # The checkpoint's EMA is the merged, plain model; give it the live model's LoRA structure (same split into
         # base + adapter) so Ultralytics' strict EMA load matches.
-        if self.warmstart.lora and ckpt.get("ema") is not None and not has_lora(ckpt["ema"]):
-            ema = apply_lora(ckpt["ema"].float(), **self.warmstart.lora)
+        lora = self.warmstart.lora
+        if lora and ckpt.get("ema") is not None and not has_lora(ckpt["ema"]):
+            ema = apply_lora(ckpt["ema"].float(), r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
+                             targets=lora["targets"])
             restore_adapters(ema, Path(self.args.resume).parent / ADAPTER_FILE)
             ckpt = {**ckpt, "ema": ema}
         super()._load_checkpoint_state(ckpt)
 
     # ------------------------------------------------------------------------------------------ freezing
 
-    def apply_warmstart(self, epoch: int) -> list[int]:
-        """Make exactly the layer groups trainable that the config allows at ``epoch``; returns their indices."""
-        model = unwrap_model(self.model)
-        groups = layer_groups(model)
-        trainable = cfgmod.trainable_indices(groups, self.warmstart, epoch)
-        frozen = [i for i in range(len(groups)) if i not in trainable]
-        unfreeze(model, trainable)
-        if frozen:
-            freeze(model, frozen, bn=self.warmstart.bn)
-        # Inside trainable groups, still frozen: LoRA's base weights, and what Ultralytics freezes itself (its own
-        # `freeze=` argument and the fixed DFL convolution).
-        lora_keep = _lora_trainable(model, groups) if self.warmstart.lora else None
+    def warmstart_position(self, epoch: float, batch: int = 0) -> float:
+        """The controller's schedule position at ``batch`` of ``epoch`` (epochs, optimizer steps or fraction)."""
+        nb = max(len(self.train_loader), 1) if getattr(self, "train_loader", None) is not None else 1
+        step = (int(epoch) * nb + batch) // max(int(getattr(self, "accumulate", 1) or 1), 1)
+        return self.controller.position(epoch=epoch + batch / nb, step=step, total_epochs=self.epochs,
+                                        total_steps=self._total_steps())
+
+    def _total_steps(self) -> int | None:
+        if getattr(self, "train_loader", None) is None:
+            return None
+        return self.epochs * len(self.train_loader) // max(int(getattr(self, "accumulate", 1) or 1), 1)
+
+    def apply_warmstart(self, epoch: float, batch: int = 0) -> list[str]:
+        """The controller's trainable set and BN policy at ``batch`` of ``epoch``; returns the trainable groups.
+
+        Afterwards what Ultralytics freezes itself (its own ``freeze=`` argument and the fixed DFL convolution)
+        stays frozen: that is Ultralytics' decision, not the plan's.
+        """
+        trainable = self.controller.apply(self.warmstart_position(epoch, batch))
         fixed = getattr(self, "freeze_layer_names", [".dfl"])
-        for name, p in model.named_parameters():
-            if (lora_keep is not None and name not in lora_keep) or any(f in name for f in fixed):
+        for name, p in unwrap_model(self.model).named_parameters():
+            if any(f in name for f in fixed):
                 p.requires_grad_(False)
         return trainable
 
@@ -148,7 +173,9 @@ class WarmstartTrainerMixin:
 
         ``build_optimizer`` applies the set for ``start_epoch``, but on resume that runs before this method sets
         ``start_epoch`` (still 0), so until the first epoch started the model carried epoch 0's set: callbacks at
-        ``on_pretrain_routine_end`` / ``on_train_start`` saw the schedule back at its start.
+        ``on_pretrain_routine_end`` / ``on_train_start`` saw the schedule back at its start. The plan itself came
+        back from ``last.pt``'s train args, and Ultralytics resumes at epoch boundaries, so the epoch is the whole
+        schedule position.
         """
         super().resume_training(ckpt)
         if self.resume and ckpt is not None:
@@ -157,13 +184,13 @@ class WarmstartTrainerMixin:
     # ------------------------------------------------------------------------------------------ optimizer
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Ultralytics' optimizer choice, rebuilt over ``core.param_groups`` (all params, lr per layer group)."""
+        """Ultralytics' optimizer choice (class, ``lr0``, momentum), rebuilt over the controller's param groups
+        (all params, explicit lr per layer group); refuses a schedule that starts a group after the last epoch."""
+        self.controller.check_horizon(self._horizon())
         self.apply_warmstart(self.start_epoch)  # _setup_train just re-enabled requires_grad everywhere
         base = super().build_optimizer(model, name=name, lr=lr, momentum=momentum, decay=decay, iterations=iterations)
         if self.warmstart.is_empty:
             return base
-        net = unwrap_model(model)
-        groups = layer_groups(net)
         # Ultralytics passes its hyper-parameters (resolved for optimizer='auto') in the param groups, not to the
         # constructor, so base.defaults holds torch's defaults (AdamW lr 1e-3, SGD momentum 0): read the groups.
         chosen = base.param_groups[-1]  # a plain group (MuSGD puts its boosted-lr groups first)
@@ -178,14 +205,21 @@ class WarmstartTrainerMixin:
             accepted = inspect.signature(cls.__init__).parameters
             skip = {"params", "weight_decay", "param_group"}  # weight decay is set per group by param_groups
             kwargs = {k: v for k, v in chosen.items() if k in accepted and k not in skip}
-        pgs = param_groups(net, lr, weight_decay=decay, groups=groups, **cfgmod.lr_options(groups, self.warmstart, lr))
+        pgs = self.controller.param_groups(lr, weight_decay=decay)
         for g in pgs:
             # "weight" lets Ultralytics rescale decay if it rebuilds its loader (OOM); never "bias" (module doc)
             g["param_group"] = "weight" if g["name"].endswith("/decay") else "bn"
         optimizer = cls(pgs, **kwargs)
+        self.controller.check_optimizer(optimizer)
         table = {g["name"].rsplit("/", 1)[0]: round(g["lr"], 8) for g in pgs}
         LOGGER.info(f"warmstart: {cls.__name__} with {len(pgs)} param groups; lr per layer group {table}")
         return optimizer
+
+    def _horizon(self) -> float:
+        """The run's length in the plan's unit (epochs, or optimizer steps)."""
+        if self.controller.plan.unit == "step":
+            return float(self._total_steps() or 0)
+        return float(self.epochs)
 
     def get_validator(self):
         """The task's validator; it re-checks a copy of ``self.args`` against Ultralytics' known keys, so it gets
@@ -225,14 +259,6 @@ class WarmstartTrainerMixin:
             self.ema.ema = live
             for tmp in temps:  # only left when super().save_model() raised
                 tmp.unlink(missing_ok=True)
-
-
-def _lora_trainable(model: nn.Module, groups) -> set[str]:
-    """What ``core.apply_lora`` leaves trainable: adapters, the head, BatchNorm (recomputed, so it also holds for a
-    model that was adapted in another process, e.g. the one Ultralytics pickles for its DDP workers)."""
-    bn = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)
-          for p, _ in mod.named_parameters(recurse=False)}
-    return {n for n, _ in model.named_parameters() if ".lora_" in n} | set(groups[-1].param_names) | bn
 
 
 def config_of(trainer) -> YoloWarmstartConfig:

@@ -1,4 +1,4 @@
-"""``wrap(YOLO(...), ...)``: the same YOLO object, whose ``.train()`` applies warmstart's options.
+"""``wrap(YOLO(...), plan=...)``: the same YOLO object, whose ``.train()`` applies a fine-tuning plan.
 
 We replace ``train`` on the *instance* (never on the class, so other YOLO objects are untouched) with a thin
 function that picks the warmstart trainer for the model's task, passes the configuration as one train argument
@@ -17,39 +17,55 @@ require("ultralytics")
 
 from ultralytics.utils import LOGGER  # noqa: E402
 
+from ..core.plan import FinetunePlan  # noqa: E402
 from .config import YoloWarmstartConfig, make_config, validate  # noqa: E402
 from .offline import offline_guard  # noqa: E402
 from .trainer import ARG, TRAINERS, WarmstartTrainerMixin  # noqa: E402
 
 
-def wrap(model: Any, *, backbone_weights: str | Path | None = None, freeze: Any = None,
-         unfreeze_schedule: Any = None, layer_decay: float | dict[str, float] | None = None,
+def wrap(model: Any, *, plan: FinetunePlan | dict | None = None, backbone_weights: str | Path | None = None,
+         freeze: Any = None, unfreeze_schedule: dict | None = None, layer_decay: float | None = None,
          lora: bool | int | dict | None = None, bn: str = "eval", min_match: float = 1.0,
          allow_missing: str | list[str] | None = None) -> Any:
-    """Return ``model`` (the same ``YOLO`` object) with ``.train()`` applying warmstart's fine-tuning options.
+    """Return ``model`` (the same ``YOLO`` object) with ``.train()`` applying a fine-tuning plan.
+
+    The plan (:class:`~warmstart.core.plan.FinetunePlan`, or its dict) says what to freeze, when each group starts
+    training, the lr scale of each group, the BatchNorm policy and LoRA; a
+    :class:`~warmstart.core.controller.FinetuneController` inside the trainer applies it at Ultralytics' hooks.
+    The keyword arguments ``freeze``, ``unfreeze_schedule``, ``layer_decay``, ``lora`` and ``bn`` are shorthands
+    for plan fields (an option set both ways is an error). Layer groups are ``model.N``; roles ``"backbone"``,
+    ``"neck"``, ``"head"`` select all groups with that role. Bad input raises ``ValueError`` here, naming the
+    valid groups and roles (a schedule that starts a group after the last epoch: when training starts).
 
     Args:
         model: an Ultralytics ``YOLO`` object, e.g. ``YOLO("yolov8n.yaml")`` (detect, segment, pose, obb, classify).
+        plan: a ``FinetunePlan`` or dict, e.g. ``{"at": {"neck": 1, "backbone": 3}, "lr_scales": {"backbone": 0.1}}``.
         backbone_weights: a backbone export (``backbone.safetensors`` from ``warmstart pretrain --model
             ultralytics/yolov8n.yaml``, or its export folder) loaded into the layers it covers; logs "transferred
             N/M backbone tensors" and refuses a load that leaves any backbone tensor behind (ARCHITECTURE.md rule 8).
-        freeze: layer groups kept frozen the whole run: ``"backbone"``, ``"neck"``, ``"all_but_head"``, ``"model.3"``,
-            an index, or a list of those. The head always trains.
-        unfreeze_schedule: gradual unfreezing, e.g. ``{"at": {"head": 0, "neck": 1, "backbone": 3}}`` (epoch each
-            role or group becomes trainable) or ``{"head_epochs": 1, "every": 1}`` (one group per epoch from the top).
-        layer_decay: a float in (0, 1] (lr x decay per group away from the head) or ``{role or group: lr scale}``,
-            e.g. ``{"backbone": 0.1, "neck": 0.5}``; applied on top of Ultralytics' own warmup and LR schedule.
-        lora: ``True``, a rank, or ``{"r", "alpha", "targets", "dropout"}``: LoRA on the convolutions (peft), merged
-            into plain convolutions in every saved checkpoint.
-        bn: ``"eval"`` (frozen layers keep their BatchNorm statistics) or ``"train"``.
+        freeze: plan ``freeze``: groups frozen the whole run (``"backbone"``, ``"neck"``, ``"all_but_head"``,
+            ``"model.3"``, an index, or a list). The head always trains.
+        unfreeze_schedule: plan ``at`` (``{"at": {"neck": 1, "backbone": 3}}``: epoch each role or group starts;
+            groups left out are an error, except the head, which starts at 0) or ``head_epochs``/``every``/
+            ``max_groups`` (``{"head_epochs": 1, "every": 1}``: head first, then one group per epoch from the top).
+        layer_decay: plan ``layer_decay``, a float in (0, 1]: lr x decay per group away from the head. (The old
+            dict form ``{role or group: scale}`` still works, with a DeprecationWarning: it is ``plan={"lr_scales":
+            {...}}``.) Scales apply on top of Ultralytics' own ``lr0``, warmup and LR schedule.
+        lora: plan ``lora``: ``True``, a rank, or ``{"r", "alpha", "targets", "dropout"}`` (defaults
+            ``warmstart.core.plan.LORA_DEFAULTS``); merged into plain convolutions in every saved checkpoint.
+        bn: plan ``bn``: ``"eval"`` (frozen layers keep their BatchNorm statistics) or ``"train"``.
         min_match: cross-architecture tolerance only: the fraction of tensors that must match (default: all).
         allow_missing: patterns (fnmatch or regex) of tensors that may stay at their initial values.
 
     Example:
         >>> from ultralytics import YOLO
-        >>> model = wrap(YOLO("yolov8n.yaml", verbose=False), freeze="backbone", layer_decay={"neck": 0.5})
-        >>> model.warmstart.freeze, type(model).__name__
-        ('backbone', 'YOLO')
+        >>> model = wrap(YOLO("yolov8n.yaml", verbose=False), plan={"freeze": "backbone", "lr_scales": {"neck": 0.5}})
+        >>> model.warmstart.plan, type(model).__name__
+        ({'freeze': 'backbone', 'lr_scales': {'neck': 0.5}}, 'YOLO')
+        >>> wrap(YOLO("yolov8n.yaml", verbose=False), freeze="model.99")
+        Traceback (most recent call last):
+        ...
+        ValueError: freeze: unknown layer group 'model.99' (no group has that name ...
     """
     from ultralytics.engine.model import Model
 
@@ -59,7 +75,7 @@ def wrap(model: Any, *, backbone_weights: str | Path | None = None, freeze: Any 
     if model.task not in TRAINERS:
         raise ValueError(f"warmstart's YOLO integration supports the tasks {sorted(TRAINERS)}, not {model.task!r}: "
                          "its trainer does not build the model and optimizer through the hooks warmstart uses")
-    cfg = make_config(backbone_weights=backbone_weights, freeze=freeze, unfreeze_schedule=unfreeze_schedule,
+    cfg = make_config(plan=plan, backbone_weights=backbone_weights, freeze=freeze, unfreeze_schedule=unfreeze_schedule,
                       layer_decay=layer_decay, lora=lora, bn=bn, min_match=min_match, allow_missing=allow_missing)
     validate(model.model, cfg)
     if cfg.backbone_weights:
