@@ -20,7 +20,7 @@ import warmstart
 
 PACKAGE = Path(warmstart.__file__).parent
 TESTS = Path(__file__).parent
-CALLBACKS = ["DiscriminativeLR", "Freeze", "GradualUnfreezing", "LoRA", "LoadBackboneWeights"]
+CALLBACKS = ["DiscriminativeLR", "Finetune", "Freeze", "GradualUnfreezing", "LoRA", "LoadBackboneWeights"]
 ENGINE = ["KNNMonitor", "RunCheckpoint", "SSLDataModule", "SSLModule", "TrainingInterrupted", "embed", "pretrain"]
 
 # old module -> (new module, names that must be the very same objects)

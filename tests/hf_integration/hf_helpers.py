@@ -79,3 +79,65 @@ class Recorder(transformers.TrainerCallback):
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.frozen[state.global_step] = frozen_groups(model)
         self.lrs[state.global_step] = dict(self._lr_before)
+
+
+def _group_lr_ratios(groups: list[dict]) -> dict[str, float]:
+    """lr of each layer group / the head's lr, from optimizer param groups named ``"<layer group>/<kind>"``."""
+    lrs = {g["name"].rsplit("/", 1)[0]: g["lr"] for g in groups}
+    return {name: lr / lrs["head"] for name, lr in lrs.items()}
+
+
+def _trainable_groups(model: torch.nn.Module, groups) -> list[str]:
+    """Layer groups with at least one parameter that requires grad (read from the model, not the controller)."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    return [g.name for g in groups if any(flags[n] for n in g.param_names)]
+
+
+class _EpochRecorder(transformers.TrainerCallback):
+    """At the first optimizer step of each epoch (after FinetuneCallback acted): trainable groups and lr ratios."""
+
+    def __init__(self, finetune) -> None:
+        self.finetune = finetune
+        self.per_epoch: dict[int, tuple[list[str], dict[str, float]]] = {}
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        epoch = int(state.epoch or 0)
+        if epoch not in self.per_epoch:
+            self.per_epoch[epoch] = (_trainable_groups(model, self.finetune.controller.groups),
+                                     _group_lr_ratios(optimizer.param_groups))
+
+
+def hf_trainable_and_lr_ratios(model: torch.nn.Module, plan, epochs: int, lr: float = 1e-3,
+                               output_dir=None) -> list[tuple[list[str], dict[str, float]]]:
+    """Train ``model`` with ``FinetuneCallback(plan)`` + ``plan_optimizer`` in a real ``transformers.Trainer``.
+
+    For the cross-framework test: per epoch, the layer groups with any parameter that requires grad (read from
+    the model) and ``{layer group: lr / head lr}`` read from the Trainer's real optimizer (constant scheduler, so
+    the ratios are the plan's). ``model`` must take ``TokenDataset`` batches (e.g. :func:`tiny_bert`); 2 optimizer
+    steps per epoch, CPU, no checkpoints.
+    """
+    import tempfile
+
+    from warmstart.hf_integration import FinetuneCallback, plan_optimizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cb = FinetuneCallback(plan)
+        rec = _EpochRecorder(cb)
+        args = training_args(output_dir or tmp, num_train_epochs=epochs, lr_scheduler_type="constant",
+                             learning_rate=lr)
+        transformers.Trainer(model=model, args=args, train_dataset=TokenDataset(16), callbacks=[cb, rec],
+                             optimizer_cls_and_kwargs=plan_optimizer(model, plan)).train()
+    return [rec.per_epoch[e] for e in range(epochs)]
+
+
+def controller_trainable_and_lr_ratios(model: torch.nn.Module, plan, epochs: int,
+                                       lr: float = 1e-3) -> list[tuple[list[str], dict[str, float]]]:
+    """The same per-epoch record from a bare ``FinetuneController`` (no Trainer): the reference."""
+    from warmstart.core.controller import FinetuneController
+
+    c = FinetuneController(model, plan)
+    out = []
+    for epoch in range(epochs):
+        c.apply(epoch)
+        out.append((_trainable_groups(model, c.groups), _group_lr_ratios(c.param_groups(lr))))
+    return out

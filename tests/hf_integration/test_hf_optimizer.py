@@ -63,9 +63,10 @@ def test_with_gradual_unfreezing_frozen_groups_do_not_move_then_train(tmp_path):
     emb0 = model.bert.embeddings.word_embeddings.weight.detach().clone()
     layer0 = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
     factory_kwargs = llrd_optimizer(model, lr=LR, layer_decay=0.8, weight_decay=0.1)  # decay must not move frozen
+    schedule = GradualUnfreezing(at={"bert.encoder.layer.1": 0, "bert.encoder.layer.0": 1}, freeze="embeddings")
     trainer = transformers.Trainer(model=model, args=training_args(tmp_path, num_train_epochs=2),
                                    train_dataset=TokenDataset(32), optimizer_cls_and_kwargs=factory_kwargs,
-                                   callbacks=[GradualUnfreezing(at={"head": 0, "bert.encoder.layer.0": 1})])
+                                   callbacks=[schedule])
     trainer.train()
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, emb0)  # never unfrozen
     assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, layer0)  # unfrozen in epoch 1

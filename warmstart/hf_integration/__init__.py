@@ -1,12 +1,14 @@
-"""Hugging Face ``transformers.Trainer`` front end: gradual unfreezing, layer-wise LR decay, LoRA, vision backbones.
+"""Hugging Face ``transformers.Trainer`` front end: one fine-tuning plan, LoRA, vision backbones.
 
-Everything here translates Trainer hooks into ``warmstart.core`` calls; no freezing or LR logic lives here.
+``FinetuneCallback(plan)`` + ``plan_optimizer(model, plan)`` apply a ``warmstart.core.FinetunePlan`` through one
+``FinetuneController`` per model; ``GradualUnfreezing`` and ``llrd_optimizer`` are shells that contribute plan
+fragments to the same controller. No freezing or LR logic lives here.
 Names load on first use; the import checks only that transformers is installed (peft loads with LoRA).
 
 Example:
-    >>> from warmstart.hf_integration import GradualUnfreezing, llrd_optimizer, apply_lora
-    >>> GradualUnfreezing.__name__
-    'GradualUnfreezing'
+    >>> from warmstart.hf_integration import FinetuneCallback, GradualUnfreezing, plan_optimizer
+    >>> GradualUnfreezing.__mro__[1].__name__
+    'FinetuneCallback'
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ require_installed("transformers", "hf")
 
 # name -> submodule that defines it (PEP 562 lazy attributes).
 _ATTRIBUTES = {
+    "FinetuneCallback": "plan",
+    "FinetunePlan": "plan",
+    "plan_optimizer": "plan",
+    "PlanOptimizer": "plan",
     "GradualUnfreezing": "unfreezing",
     "llrd_optimizer": "optimizer",
     "LayerDecayOptimizer": "optimizer",

@@ -20,6 +20,7 @@ peft = require("peft", "hf")
 require("transformers")
 
 from warmstart.core import lora_config  # noqa: E402
+from warmstart.core.plan import LORA_DEFAULTS  # noqa: E402
 
 # Architecture-family suffix of the HF class name -> peft task type. The task type decides which PeftModel
 # subclass wraps the model (and which one PeftModel.from_pretrained rebuilds); None -> the generic PeftModel.
@@ -51,8 +52,9 @@ def peft_task_type(model: nn.Module) -> str | None:
     return None
 
 
-def apply_lora(model: nn.Module, r: int = 8, alpha: int = 16, targets: str | Sequence[str] = "auto",
-               dropout: float = 0.05, head: Sequence[str] | None = None, **lora_kwargs: Any):
+def apply_lora(model: nn.Module, r: int = LORA_DEFAULTS["r"], alpha: int = LORA_DEFAULTS["alpha"],
+               targets: str | Sequence[str] = "auto", dropout: float = LORA_DEFAULTS["dropout"],
+               head: Sequence[str] | None = None, **lora_kwargs: Any):
     """Wrap an HF model with LoRA adapters and return ``peft.get_peft_model(model, config)``.
 
     ``targets="auto"`` adapts every attention and MLP linear outside the head (found from the model's layer
@@ -61,6 +63,9 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: int = 16, targets: str | Seq
     a string is a regex. The head group (pooler / final norm + classifier) goes to ``modules_to_save``: fully
     trained and saved with the adapter. Extra ``lora_kwargs`` go to ``peft.LoraConfig`` (e.g. ``use_rslora``).
     ``model`` itself is modified (peft injects into it); save its weights first if you need the original.
+    Defaults (``r=8, alpha=16, dropout=0.0``) are the plan's (``warmstart.core.plan.LORA_DEFAULTS``), so
+    ``apply_lora(model)`` and ``FinetunePlan(lora={})`` adapt alike. The result composes with ``GradualUnfreezing``
+    / ``FinetuneCallback`` (the schedule decides when each group's adapters train) and with ``llrd_optimizer``.
 
     Example:
         >>> import torch, transformers

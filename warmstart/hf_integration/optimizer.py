@@ -28,17 +28,25 @@ from warmstart._optional import require
 
 require("transformers")
 
-from warmstart.core import layer_groups, param_groups  # noqa: E402
 from warmstart.core.param_groups import check_lr_options  # noqa: E402
+from warmstart.core.plan import FinetunePlan  # noqa: E402
 from warmstart.core.validation import check_finite_positive, check_has_parameters  # noqa: E402
+
+from .plan import PlanOptimizer, _factory, shared_controller  # noqa: E402
+
+
+def _llrd_plan(layer_decay: float, weight_decay: float, layer_patterns: Sequence[str] | None) -> FinetunePlan:
+    return FinetunePlan(layer_decay=layer_decay, weight_decay=weight_decay,
+                        layer_patterns=list(layer_patterns) if layer_patterns is not None else None)
 
 
 class LayerDecayOptimizer:
     """Optimizer factory for the Trainer: ``LayerDecayOptimizer()(model, lr=..., ...)`` -> optimizer.
 
-    Builds ``core.param_groups`` (every parameter, frozen ones included; an explicit ``lr`` per layer group)
-    for the model the Trainer passes. The head's groups come first so the ``learning_rate`` the Trainer logs
-    (``param_groups[0]``) is the peak lr you asked for, not the embeddings' decayed one.
+    A shell over :class:`~warmstart.hf_integration.plan.PlanOptimizer` with the plan fragment
+    ``{layer_decay, weight_decay, layer_patterns}``: the model's shared controller builds the param groups (every
+    parameter, frozen ones included; an explicit ``lr`` per layer group), head groups first so the
+    ``learning_rate`` the Trainer logs (``param_groups[0]``) is the peak lr you asked for.
 
     Example:
         >>> import torch.nn as nn
@@ -51,9 +59,8 @@ class LayerDecayOptimizer:
     def __call__(self, model: nn.Module, *, lr: float, layer_decay: float = 0.8, weight_decay: float = 0.0,
                  optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
                  layer_patterns: Sequence[str] | None = None, **optim_kwargs: Any) -> torch.optim.Optimizer:
-        groups = param_groups(model, lr, layer_decay=layer_decay, weight_decay=weight_decay,
-                              layer_patterns=layer_patterns)
-        return optimizer_cls(groups[::-1], lr=lr, weight_decay=weight_decay, **optim_kwargs)
+        plan = _llrd_plan(layer_decay, weight_decay, layer_patterns).to_dict()
+        return PlanOptimizer()(model, plan=plan, lr=lr, optimizer_cls=optimizer_cls, **optim_kwargs)
 
 
 def llrd_optimizer(model: nn.Module, lr: float, layer_decay: float = 0.8, weight_decay: float = 0.0,
@@ -62,12 +69,14 @@ def llrd_optimizer(model: nn.Module, lr: float, layer_decay: float = 0.8, weight
                    **optim_kwargs: Any) -> tuple[type[LayerDecayOptimizer], dict[str, Any]]:
     """``(factory, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: LLRD over all parameters.
 
-    Group ``i`` of ``n`` layer groups (embeddings -> layers -> head) gets ``lr * layer_decay ** (n - 1 - i)``;
-    biases, norm weights and position/class embeddings get no weight decay. ``TrainingArguments.learning_rate``,
-    ``weight_decay`` and ``optim`` are not used with this optimizer (pass them here); the Trainer's scheduler,
-    warmup, clipping and checkpointing are. Validates now (bad numbers, a model without layer structure,
-    unknown optimizer arguments), so errors surface before training starts. Adam/AdamW run ``fused=True`` like
-    the Trainer's default ``adamw_torch_fused`` unless you pass ``fused`` or ``foreach``.
+    The plan fragment ``FinetunePlan(layer_decay=..., weight_decay=...)`` through the model's shared controller
+    (so it composes with ``GradualUnfreezing`` and LoRA on the same model). Group ``i`` of ``n`` layer groups
+    (embeddings -> layers -> head) gets ``lr * layer_decay ** (n - 1 - i)``; biases, norm weights and
+    position/class embeddings get no weight decay. ``TrainingArguments.learning_rate``, ``weight_decay`` and
+    ``optim`` are not used with this optimizer (pass them here); the Trainer's scheduler, warmup, clipping and
+    checkpointing are. Validates now (bad numbers, a model without layer structure, unknown optimizer arguments).
+    Adam/AdamW run ``fused=True`` like the Trainer's default ``adamw_torch_fused`` unless you pass ``fused`` or
+    ``foreach``.
 
     Example:
         >>> import torch.nn as nn
@@ -83,19 +92,17 @@ def llrd_optimizer(model: nn.Module, lr: float, layer_decay: float = 0.8, weight
     check_finite_positive("lr", lr)
     check_lr_options(layer_decay=layer_decay, weight_decay=weight_decay)
     check_has_parameters(model, "llrd_optimizer")
-    groups = layer_groups(model, layer_patterns)
+    plan = _llrd_plan(layer_decay, weight_decay, layer_patterns)
+    _factory(model, plan, lr, None, optimizer_cls, "optimizer", dict(optim_kwargs))  # validates on the model
+    groups = shared_controller(model, plan, "optimizer").group_names
     if len(groups) < 2:
         raise ValueError(
             f"layer-wise LR decay found no layer structure in {type(model).__name__} (a single group "
-            f"{[g.name for g in groups]}), so every parameter would get the same lr. Pass layer_patterns=[...] "
+            f"{groups}), so every parameter would get the same lr. Pass layer_patterns=[...] "
             "(one regex per group, input to output), or use the Trainer's default optimizer."
         )
     if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam) and not {"fused", "foreach"} & optim_kwargs.keys():
         optim_kwargs["fused"] = True  # what the Trainer's default optim ("adamw_torch_fused") uses, CPU included
     kwargs = dict(lr=lr, layer_decay=layer_decay, weight_decay=weight_decay, optimizer_cls=optimizer_cls,
                   layer_patterns=list(layer_patterns) if layer_patterns is not None else None, **optim_kwargs)
-    try:  # build once on the real parameters (no state is allocated) so mistakes fail here, not mid-setup
-        LayerDecayOptimizer()(model, **kwargs)
-    except TypeError as err:
-        raise ValueError(f"{optimizer_cls.__name__} rejected the optimizer arguments {optim_kwargs}: {err}") from err
     return LayerDecayOptimizer, kwargs

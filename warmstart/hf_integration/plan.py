@@ -1,0 +1,326 @@
+"""One :class:`~warmstart.core.plan.FinetunePlan` for ``transformers.Trainer``: a callback and an optimizer factory.
+
+``FinetuneCallback(plan)`` goes in ``Trainer(callbacks=[...])``; ``plan_optimizer(model, plan)`` goes in
+``Trainer(optimizer_cls_and_kwargs=...)``. Both are thin: every decision (trainable set, LoRA, lr per group, BN
+policy, resume checks) is made by one :class:`~warmstart.core.controller.FinetuneController` (ARCHITECTURE.md
+rules 1 and 10).
+
+**One controller per model.** :func:`shared_controller` keeps the controller on the model object itself (in its
+``__dict__``, under ``_warmstart_plan``), together with the plan fragment each front-end part contributed
+(``"callback"``, ``"optimizer"``). Whichever part the Trainer calls first builds it: the callback at
+``on_init_end`` (so LoRA in the plan is injected before any optimizer exists), the optimizer factory when the
+Trainer builds the optimizer, the callback again at ``on_train_begin``. A part contributing a fragment merges it
+into the plan (:meth:`FinetunePlan.merged`: an option set differently by two parts is an error naming both) and the
+controller is rebuilt for the merged plan; the same plan passed to both parts is one plan. The Trainer passes the
+same model object to its callbacks and to the optimizer factory, so both always see the same controller.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from warmstart._optional import require
+
+transformers = require("transformers")
+
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_callback import ExportableState  # noqa: E402
+
+from warmstart.core.controller import FinetuneController  # noqa: E402
+from warmstart.core.plan import FinetunePlan  # noqa: E402
+from warmstart.core.validation import check_finite_positive, check_has_parameters  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+_SLOT = "_warmstart_plan"
+
+
+@dataclass
+class _PlanSlot:
+    """What lives on the model: each part's plan fragment and the controller of the merged plan."""
+
+    parts: dict[str, FinetunePlan] = field(default_factory=dict)
+    controller: FinetuneController | None = None
+
+
+def shared_controller(model: nn.Module, plan: FinetunePlan | dict, part: str) -> FinetuneController:
+    """The model's one controller, for ``plan`` contributed by ``part`` (``"callback"`` or ``"optimizer"``).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> a = shared_controller(m, {"head_epochs": 1}, "callback")
+        >>> b = shared_controller(m, {"layer_decay": 0.5}, "optimizer")
+        >>> b is shared_controller(m, {"head_epochs": 1}, "callback"), b.plan.to_dict()
+        (True, {'head_epochs': 1, 'layer_decay': 0.5})
+    """
+    plan = FinetunePlan.from_dict(plan)
+    slot = model.__dict__.get(_SLOT)
+    if slot is None:
+        slot = _PlanSlot()
+        object.__setattr__(model, _SLOT, slot)  # plain attribute: not a submodule, not in the state_dict
+    parts = {**slot.parts, part: plan}
+    merged, seen = FinetunePlan(), []
+    for name, fragment in parts.items():
+        merged = merged.merged(fragment, owner=f"the {' and '.join(seen)} plan", other_owner=f"the {name} plan")
+        seen.append(name)
+    slot.parts = parts
+    if slot.controller is None or slot.controller.plan != merged:
+        slot.controller = FinetuneController(model, merged)
+    return slot.controller
+
+
+def _horizon(state: Any, unit: str) -> float | None:
+    """How long the run is, in the plan's unit (``None``: unknown)."""
+    if unit == "step":
+        return state.max_steps or None
+    if unit == "fraction":
+        return 1.0
+    return state.num_train_epochs or None
+
+
+def _ddp_finds_unused(args: Any, model: nn.Module) -> bool:
+    """What the Trainer will pass as DDP's find_unused_parameters (its rule: unset -> off under checkpointing)."""
+    if args.ddp_find_unused_parameters is not None:
+        return bool(args.ddp_find_unused_parameters)
+    checkpointing = getattr(model, "is_activation_checkpointing", False)
+    return not (checkpointing or getattr(args, "activation_checkpointing", False))
+
+
+class FinetuneCallback(TrainerCallback, ExportableState):
+    """Apply a :class:`FinetunePlan` in a ``transformers.Trainer``: freezing, unfreezing, LoRA, BN, resume.
+
+    Pass it in ``Trainer(callbacks=[FinetuneCallback(plan)])`` and, when the plan has an lr rule (or a schedule
+    that unfreezes groups later), ``optimizer_cls_and_kwargs=plan_optimizer(model, plan)``: the optimizer must hold
+    every parameter with the plan's lr per group, which the Trainer's default optimizer does not. The callback
+    translates the Trainer's position (``state.epoch``, ``state.global_step``) into the controller's and applies
+    it at train begin and at every epoch (``unit="epoch"``) or step start. Its state (plan, group layout,
+    position) is saved in every checkpoint's ``trainer_state.json``; a resumed run checks it and applies the same
+    position. Bad input (unknown group names, a group that never trains, a schedule longer than the run, an
+    optimizer without every parameter or without the plan's lrs) fails at train begin, naming the valid groups.
+
+    Example:
+        >>> cb = FinetuneCallback({"head_epochs": 1, "every": 1, "layer_decay": 0.8})
+        >>> cb.plan.has_schedule, cb.state()["args"]
+        (True, {'plan': {'head_epochs': 1, 'layer_decay': 0.8}})
+    """
+
+    _part = "callback"
+
+    def __init__(self, plan: FinetunePlan | dict) -> None:
+        self.plan = FinetunePlan.from_dict(plan)
+        self.controller: FinetuneController | None = None
+        self._checkpoint_state: dict | None = None  # restored by the Trainer (restore_callback_states_...)
+
+    @property
+    def trainable_groups(self) -> list[str]:
+        """Names of the groups training right now."""
+        return list(self.controller.trainable_groups) if self.controller is not None else []
+
+    def _bind(self, model: nn.Module | None) -> FinetuneController:
+        if model is None:
+            raise ValueError(f"{type(self).__name__} needs the Trainer's model; use it as Trainer(callbacks=[...]).")
+        self.controller = shared_controller(model, self._plan_for(model), self._part)
+        return self.controller
+
+    def _plan_for(self, model: nn.Module) -> FinetunePlan:
+        """The plan fragment this callback contributes for ``model`` (subclasses translate their arguments)."""
+        return self.plan
+
+    def _position(self, state: Any) -> float:
+        return self.controller.position(epoch=state.epoch or 0.0, step=state.global_step,
+                                        total_epochs=state.num_train_epochs or None,
+                                        total_steps=state.max_steps or None)
+
+    # ------------------------------------------------------------------------------------------ Trainer hooks
+
+    def on_init_end(self, args, state, control, model: nn.Module | None = None, **kwargs):
+        if model is not None:  # LoRA in the plan goes in before the Trainer builds any optimizer
+            self._bind(model)
+
+    def on_train_begin(self, args, state, control, model: nn.Module | None = None, optimizer=None, **kwargs):
+        controller = self._bind(model)
+        saved = self._saved_state(state)
+        if saved is not None:
+            controller.load_state_dict(saved)  # a different layout or plan raises, naming both
+        if optimizer is not None:
+            try:
+                controller.check_optimizer(optimizer)
+            except ValueError as err:  # the Trainer's default optimizer skips parameters frozen before Trainer(...)
+                raise ValueError(f"{err} With the Trainer: optimizer_cls_and_kwargs=plan_optimizer(model, plan) or "
+                                 "llrd_optimizer(model, ...).") from None
+            if controller.plan.lr_rule and not all("lr_scale" in g for g in optimizer.param_groups):
+                raise ValueError(f"the plan sets an lr rule {controller.plan.lr_rule}, but the Trainer's optimizer "
+                                 "was not built from it: pass optimizer_cls_and_kwargs=plan_optimizer(model, plan). "
+                                 f"Groups: {controller.group_names}")
+        horizon = _horizon(state, controller.plan.unit)
+        if horizon:
+            controller.check_horizon(horizon)
+        if getattr(args, "world_size", 1) > 1 and not _ddp_finds_unused(args, model):
+            # DDP registers every parameter when it wraps the model; frozen ones then never get a gradient.
+            raise ValueError(f"{type(self).__name__} under DDP needs TrainingArguments(ddp_find_unused_parameters="
+                             "True): frozen layers produce no gradients for DDP to reduce.")
+        self._apply(state)
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.controller is not None and self.controller.plan.unit == "epoch":
+            self._apply(state)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.controller is not None and self.controller.plan.unit != "epoch":
+            self._apply(state)
+
+    def _apply(self, state: Any) -> None:
+        before = self.controller.trainable_groups
+        after = self.controller.apply(self._position(state))
+        if after != before:
+            logger.info("%s: position %s -> trainable groups %s", type(self).__name__, self.controller.position_now,
+                        after)
+
+    def _saved_state(self, state: Any) -> dict | None:
+        """The controller state of the checkpoint being resumed (the Trainer loads ``trainer_state.json``)."""
+        if self._checkpoint_state is not None:
+            return self._checkpoint_state
+        return self._saved_attributes(state).get("_checkpoint_state")
+
+    def _saved_attributes(self, state: Any) -> dict:
+        """This callback's ``attributes`` in the resumed checkpoint's ``stateful_callbacks`` (empty: fresh run)."""
+        if not state.global_step:
+            return {}  # a fresh run: stateful_callbacks holds this run's own initial state
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(saved, list):
+            saved = saved[0]
+        return (saved or {}).get("attributes") or {}
+
+    # ------------------------------------------------------------------------------------------ checkpoint state
+
+    def state(self) -> dict:
+        """JSON-safe constructor arguments + the controller's state, stored by the Trainer in every checkpoint."""
+        return {"args": self._args(),
+                "attributes": {"_checkpoint_state": self.controller.state_dict() if self.controller else None}}
+
+    def _args(self) -> dict:
+        return {"plan": self.plan.to_dict()}
+
+
+class PlanOptimizer:
+    """Optimizer factory for the Trainer: ``PlanOptimizer()(model, plan=..., lr=...)`` -> optimizer.
+
+    The optimizer holds **every** parameter in the controller's param groups (explicit ``lr`` and ``lr_scale`` per
+    ``"<layer group>/<decay|no_decay>"``), head groups first so the lr the Trainer logs is the head's.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> opt = PlanOptimizer()(m, plan={"layer_decay": 0.5}, lr=1e-3)
+        >>> [(g["name"], g["lr"]) for g in opt.param_groups if g["name"].endswith("/decay")]
+        [('2/decay', 0.001), ('1/decay', 0.0005), ('0/decay', 0.00025)]
+    """
+
+    def __call__(self, model: nn.Module, *, plan: dict, lr: float, weight_decay: float | None = None,
+                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                 part: str = "optimizer", **optim_kwargs: Any) -> torch.optim.Optimizer:
+        trainer = _running_trainer()
+        if trainer is not None and trainer.state.global_step:  # resuming: the checkpoint's optimizer state loads
+            _check_resume(trainer, model)                     # next, so check its group layout first
+        controller = shared_controller(model, plan, part)
+        groups = controller.param_groups(lr, weight_decay)
+        wd = controller.plan.weight_decay if weight_decay is None else weight_decay
+        return optimizer_cls(groups[::-1], lr=lr, weight_decay=wd or 0.0, **optim_kwargs)
+
+
+def plan_optimizer(model: nn.Module, plan: FinetunePlan | dict, lr: float | None = None,
+                   weight_decay: float | None = None,
+                   optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                   **optim_kwargs: Any) -> tuple[type[PlanOptimizer], dict[str, Any]]:
+    """``(factory, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: the plan's param groups, all parameters.
+
+    ``lr`` / ``weight_decay`` default to ``TrainingArguments.learning_rate`` / ``weight_decay`` when the Trainer
+    builds the optimizer (the plan's ``weight_decay``, if set, wins over the Trainer's). The factory uses the
+    model's shared controller, so a ``FinetuneCallback`` with the same plan and this optimizer make one set of
+    decisions. Checks the plan against ``model`` now (unknown groups, bad numbers, optimizer arguments the class
+    rejects), before ``Trainer(...)``. Adam/AdamW run ``fused=True`` like the Trainer's default unless you pass
+    ``fused`` or ``foreach``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> factory, kwargs = plan_optimizer(m, {"layer_decay": 0.5}, lr=1e-3)
+        >>> [round(g["lr"], 6) for g in factory()(m, **kwargs).param_groups][::2]
+        [0.001, 0.0005, 0.00025]
+
+        With a Trainer: ``Trainer(model, args, callbacks=[FinetuneCallback(plan)],
+        optimizer_cls_and_kwargs=plan_optimizer(model, plan))``.
+    """
+    return _factory(model, FinetunePlan.from_dict(plan), lr, weight_decay, optimizer_cls, "optimizer", optim_kwargs)
+
+
+def _factory(model: nn.Module, plan: FinetunePlan, lr: float | None, weight_decay: float | None,
+             optimizer_cls: Any, part: str, optim_kwargs: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+        raise ValueError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
+    check_has_parameters(model, "a fine-tuning plan")
+    if lr is not None:
+        check_finite_positive("lr", lr)
+    if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam) and not {"fused", "foreach"} & optim_kwargs.keys():
+        optim_kwargs = {**optim_kwargs, "fused": True}  # the Trainer's default optim ("adamw_torch_fused")
+    kwargs = dict(plan=plan.to_dict(), optimizer_cls=optimizer_cls, part=part, **optim_kwargs)
+    if lr is not None:
+        kwargs["lr"] = lr
+    if weight_decay is not None:
+        kwargs["weight_decay"] = weight_decay
+    factory = _PlanOptimizerFromTrainer if lr is None or weight_decay is None else PlanOptimizer
+    try:  # build once on the real parameters (no optimizer state is allocated) so mistakes fail here
+        PlanOptimizer()(model, **{"lr": 1e-3, **kwargs})
+    except TypeError as err:
+        raise ValueError(f"{optimizer_cls.__name__} rejected the optimizer arguments {optim_kwargs}: {err}") from err
+    return factory, kwargs
+
+
+class _PlanOptimizerFromTrainer(PlanOptimizer):
+    """:class:`PlanOptimizer` that takes a missing ``lr`` / ``weight_decay`` from the running Trainer's arguments."""
+
+    def __call__(self, model: nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
+        trainer = _running_trainer()
+        args = trainer.args if trainer is not None else None
+        if "lr" not in kwargs:
+            if args is None:
+                raise ValueError("plan_optimizer(lr=None) takes the lr from TrainingArguments.learning_rate, but "
+                                 "no Trainer is building this optimizer: pass lr=...")
+            kwargs["lr"] = args.learning_rate
+        if "weight_decay" not in kwargs and args is not None and FinetunePlan.from_dict(kwargs["plan"]).weight_decay \
+                is None:
+            kwargs["weight_decay"] = args.weight_decay
+        return super().__call__(model, **kwargs)
+
+
+def _running_trainer() -> Any:
+    """The ``Trainer`` whose ``create_optimizer`` is on the call stack (None: the factory was called directly).
+
+    The Trainer calls an optimizer factory with the model only; its arguments (``learning_rate``) and its loaded
+    state (on resume) are read from the Trainer object that is building the optimizer.
+    """
+    import inspect
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, transformers.Trainer) and frame.f_code.co_name == "create_optimizer":
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def _check_resume(trainer: Any, model: nn.Module) -> None:
+    """Check each FinetuneCallback's saved controller state against ``model`` before the Trainer loads the
+    checkpoint's optimizer state (whose own error, "different number of parameter groups", names nothing)."""
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, FinetuneCallback):
+            saved = cb._saved_state(trainer.state)
+            if saved is not None:
+                cb._bind(model).load_state_dict(saved)
