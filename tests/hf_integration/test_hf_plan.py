@@ -204,3 +204,14 @@ def test_doctests_of_the_hf_front_end():
     for module in (plan, unfreezing, optimizer, lora):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted and not result.failed, module.__name__
+
+
+@pytest.mark.parametrize("sharded", [dict(fsdp="full_shard", deepspeed=None), dict(fsdp="", deepspeed="ds.json")])
+def test_fsdp_and_deepspeed_are_refused_with_the_reason(sharded):
+    import types
+
+    from warmstart.hf_integration import FinetuneCallback, GradualUnfreezing
+
+    for cb in (FinetuneCallback({"head_epochs": 1}), GradualUnfreezing(head_epochs=1)):
+        with pytest.raises(ValueError, match=r"(FSDP|DeepSpeed) .* is not supported: it flattens and shards"):
+            cb.on_train_begin(types.SimpleNamespace(**sharded), None, None, model=tiny_bert())

@@ -144,6 +144,7 @@ class FinetuneCallback(TrainerCallback, ExportableState):
             self._bind(model)
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, optimizer=None, **kwargs):
+        _refuse_sharded(args, type(self).__name__)
         controller = self._bind(model)
         saved = self._saved_state(state)
         if saved is not None:
@@ -297,6 +298,24 @@ class _PlanOptimizerFromTrainer(PlanOptimizer):
                 is None:
             kwargs["weight_decay"] = args.weight_decay
         return super().__call__(model, **kwargs)
+
+
+def _refuse_sharded(args: Any, who: str) -> None:
+    """FSDP and DeepSpeed flatten and shard parameters, so per-parameter freezing does not hold: refuse, say why.
+
+    Example:
+        >>> import types
+        >>> _refuse_sharded(types.SimpleNamespace(fsdp="full_shard", deepspeed=None), "FinetuneCallback")
+        Traceback (most recent call last):
+        ...
+        ValueError: FinetuneCallback: FSDP (fsdp='full_shard') is not supported: ...
+    """
+    for name, value in (("FSDP", getattr(args, "fsdp", None)), ("DeepSpeed", getattr(args, "deepspeed", None))):
+        if value:
+            raise ValueError(
+                f"{who}: {name} ({name.lower()}={value!r}) is not supported: it flattens and shards parameters, so "
+                "freezing and unfreezing layer groups per parameter (requires_grad) does not hold there. Train with "
+                "DDP (the default with several GPUs under torchrun/accelerate) or on one device.")
 
 
 def _running_trainer() -> Any:
