@@ -71,6 +71,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", default="5min", metavar="N|DURATION",
                    help="also write checkpoints/last.ckpt every N steps or every duration (90s, 5min, 1h); 0: only "
                         "at epoch ends. Ctrl-C / SIGTERM always write one, then exit with 130 / 143")
+    p.add_argument("--views", default="auto", choices=("auto", "batched", "pil"),
+                   help="where augmented views are made: batched = on the training device, per-image random "
+                        "parameters (kornia); pil = per image in the DataLoader (lightly/PIL); auto = batched on a "
+                        "GPU, pil on the CPU (where batched measured 0.87x)")
     p.add_argument("--val-data", default=None, help="labeled folder (one subfolder per class) for kNN accuracy")
     p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
     p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")
@@ -135,7 +139,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         precision=args.precision, num_nodes=args.num_nodes, accelerator=args.accelerator, resume=args.resume,
         overwrite=args.overwrite, val_data=args.val_data, teacher=args.teacher,
         teacher_weights=args.teacher_weights, lr=args.lr, num_workers=args.num_workers, seed=args.seed,
-        progress=not args.no_progress, checkpoint_every=args.checkpoint_every, **dict(args.method_options))
+        progress=not args.no_progress, checkpoint_every=args.checkpoint_every, views=args.views,
+        **dict(args.method_options))
     print(json.dumps({k: v for k, v in summary.items() if k != "knn_history"}, indent=2, default=str))
     return 0
 

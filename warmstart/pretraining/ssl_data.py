@@ -110,6 +110,29 @@ class SeededViews(Dataset):
                 np.random.set_state(np_state)
 
 
+class IndexedImages(Dataset):
+    """The batched-views dataset: item ``(epoch, index)`` (or ``index``) -> ``(image, index)``.
+
+    ``image`` is whatever the wrapped dataset's transform gives (``LoadResized``: uint8 ``(3, S, S)``); no random
+    number is drawn here. The index travels with the batch, so the views made on the device can seed each image
+    from ``(seed, epoch, index)`` (``BatchedViews``), as :class:`SeededViews` does for the PIL path.
+
+    Example:
+        >>> IndexedImages([10, 11, 12])[(5, 2)]
+        (12, 2)
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> tuple[Any, int]:
+        index = int(key[1]) if isinstance(key, tuple) else int(key)
+        return self.dataset[index], index
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position in the epoch is saved in every Lightning checkpoint.
 
@@ -136,7 +159,10 @@ class ResumableDataLoader(DataLoader):
 class SSLDataModule(L.LightningDataModule):
     """Unlabeled images (folder, list of paths or Dataset) with a method's multi-view transform.
 
-    Batches are lists of view tensors ``[(B, 3, H, W), ...]``. ``drop_last`` keeps every batch full (contrastive
+    With ``views="pil"`` batches are lists of view tensors ``[(B, 3, H, W), ...]`` made per image by ``transform``
+    in the loader. With ``views="batched"``, ``transform`` only decodes and resizes (``LoadResized``) and batches are
+    ``[uint8 images (B, 3, S, S), indices (B,)]``: ``SSLModule(views="batched")`` makes the views on the device.
+    ``drop_last`` keeps every batch full (contrastive
     losses and BatchNorm dislike a tiny last batch); corrupt files are skipped and counted by
     ``UnlabeledImages`` (``.dataset.skipped``). Under DDP Lightning's DistributedSampler shards and shuffles.
 
@@ -154,8 +180,12 @@ class SSLDataModule(L.LightningDataModule):
     """
 
     def __init__(self, data: str | Path | list | Dataset, transform: Callable, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, drop_last: bool = True, pin_memory: bool = False) -> None:
+                 num_workers: int = 0, seed: int = 0, drop_last: bool = True, pin_memory: bool = False,
+                 views: str = "pil") -> None:
         super().__init__()
+        if views not in ("pil", "batched"):
+            raise ValueError(f"views must be 'pil' or 'batched', got {views!r}")
+        self.views = views
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 for self-supervised losses, got {batch_size}")
         self.data, self.transform = data, transform
@@ -185,20 +215,27 @@ class SSLDataModule(L.LightningDataModule):
         distributed = self.trainer is not None and self.trainer.world_size > 1
         common: dict[str, Any] = dict(
             batch_size=self.batch_size, drop_last=self.drop_last, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory, collate_fn=collate_views,
+            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+            collate_fn=collate_views if self.views == "pil" else None,
             # Own generator: creating the loader's iterator then draws its worker seed from here, not from the
             # global RNG that SSLModule reseeds per epoch (else a resumed epoch would get different augmentations).
             generator=torch.Generator().manual_seed(self.seed))
         if distributed:
             # Lightning swaps in a DistributedSampler (seeded, set_epoch per epoch); its integer indices are not
             # tagged with the epoch, so a DDP run resumes from the last epoch boundary (RunCheckpoint knows).
-            return DataLoader(self.dataset, shuffle=True, **common)
+            return DataLoader(self._items(), shuffle=True, **common)
         sampler = EpochShuffleSampler(len(self.dataset), self.seed, tag_epoch=True)
-        self._loader = ResumableDataLoader(SeededViews(self.dataset, self.seed), sampler=sampler,
+        self._loader = ResumableDataLoader(self._items(), sampler=sampler,
                                            progress=self._batches_trained, **common)
         if self._resume_state is not None:
             self._loader.load_state_dict(self._resume_state)
         return self._loader
+
+    def _items(self) -> Dataset:
+        # PIL views: seeded per image here. Batched views: no randomness in the loader; the index rides along.
+        if self.views == "batched":
+            return IndexedImages(self.dataset)  # type: ignore[arg-type]
+        return SeededViews(self.dataset, self.seed)  # type: ignore[arg-type]
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in the epoch (saved in Lightning checkpoints with the data module)."""

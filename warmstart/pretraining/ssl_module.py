@@ -41,8 +41,10 @@ class SSLModule(L.LightningModule):
     def __init__(self, method: Method | str = "simclr", backbone: str | nn.Module | None = None,
                  image_size: int = 64, *, lr: float | None = None, weight_decay: float | None = None,
                  warmup_fraction: float = 0.1, optimizer: str = "adamw", seed: int | None = 0,
-                 method_kwargs: dict[str, Any] | None = None) -> None:
+                 method_kwargs: dict[str, Any] | None = None, views: str = "pil") -> None:
         super().__init__()
+        if views not in ("pil", "batched"):
+            raise ValueError(f"views must be 'pil' or 'batched', got {views!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if not 0.0 <= warmup_fraction < 1.0:
@@ -67,6 +69,15 @@ class SSLModule(L.LightningModule):
         self.lr = float(lr if lr is not None else self.method.default_lr)
         self.weight_decay = float(weight_decay if weight_decay is not None else self.method.default_weight_decay)
         self.warmup_fraction, self.optimizer_name, self.seed = warmup_fraction, optimizer, seed
+        self.views = views
+        self.batched_views = None
+        if views == "batched":
+            if not self.method.view_specs:
+                raise ValueError(f"method {self.method.name!r} has no view_specs, so its views cannot be made in "
+                                 "batches on the device; use views='pil'")
+            from .batched_views import BatchedViews
+
+            self.batched_views = BatchedViews(self.method.view_specs, self.method.normalize, seed or 0)
 
     @property
     def backbone(self) -> nn.Module:
@@ -77,8 +88,19 @@ class SSLModule(L.LightningModule):
         """Pooled backbone features of an image batch."""
         return self.method.backbone(x)
 
+    def batched_views_of(self, batch: Any) -> Any:
+        """Batched mode: turn ``[uint8 images, indices]`` (already on the device) into the method's views."""
+        if self.batched_views is None or not _is_image_batch(batch):
+            return batch
+        images, indices = batch
+        # The epoch of the batch is the trainer's (the sampler's epoch), restored on resume with the loop state.
+        with torch.no_grad():
+            return self.batched_views(images, indices, epoch=self.current_epoch)
+
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        views = _views(batch)
+        # Views are made here rather than in on_after_batch_transfer: that hook is the data module's when one is
+        # passed (Lightning warns), and here the batch is on the device all the same.
+        views = _views(self.batched_views_of(batch))
         loss = self.method.training_loss(views)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=views[0].shape[0])
         return loss
@@ -143,6 +165,13 @@ class warmup_cosine:  # noqa: N801 - used like a function; a class so LambdaLR s
             return (step + 1) / (self.warmup + 1)
         progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _is_image_batch(batch: Any) -> bool:
+    # SSLDataModule(views="batched") batches: [uint8 (B, 3, S, S), indices (B,)].
+    return (isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[0], Tensor)
+            and batch[0].ndim == 4 and batch[0].dtype == torch.uint8 and isinstance(batch[1], Tensor)
+            and batch[1].ndim == 1)
 
 
 def _views(batch: Any) -> list[Tensor]:

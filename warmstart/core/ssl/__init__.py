@@ -26,6 +26,7 @@ from .common import IMAGENET_NORMALIZE, Method, is_small_image, knn_accuracy
 from .dino import DINO
 from .distillation import Distillation
 from .simclr import SimCLR
+from .views import ViewSpec, pil_views
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, BYOL, DINO, Distillation)}
 
@@ -72,4 +73,4 @@ def get_method(name: str, backbone: nn.Module, image_size: int = 64, **kwargs) -
 
 
 __all__ = ["BYOL", "DINO", "IMAGENET_NORMALIZE", "METHODS", "Distillation", "Method", "SimCLR", "get_method",
-           "is_small_image", "knn_accuracy", "method_options"]
+           "ViewSpec", "is_small_image", "knn_accuracy", "method_options", "pil_views"]

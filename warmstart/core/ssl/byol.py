@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..._optional import require
 from .common import Method, concat_forward, cosine_momentum, momentum_copy, resolve
+from .views import BYOL_JITTER, jitter_view, pil_views
 
 
 class BYOL(Method):
@@ -39,7 +40,6 @@ class BYOL(Method):
         super().__init__(backbone, image_size)
         heads = require("lightly.models.modules", "ssl")
         loss = require("lightly.loss", "ssl")
-        transforms = require("lightly.transforms", "ssl")
         self.momentum_start, self.momentum_end = momentum_start, momentum_end
         self.projection_head = heads.BYOLProjectionHead(self.feature_dim, hidden_dim, output_dim)
         self.prediction_head = heads.BYOLPredictionHead(output_dim, hidden_dim, output_dim)
@@ -47,20 +47,15 @@ class BYOL(Method):
         self.projection_head_momentum = momentum_copy(self.projection_head)
         self.criterion = loss.NegativeCosineSimilarity()
         size = self.image_size
-        view = {
-            "input_size": size,
-            "min_scale": resolve(min_scale, 0.2, 0.08, size),
-            "cj_strength": resolve(cj_strength, 0.5, 1.0, size),
-            "normalize": self.normalize,
-        }
+        view = jitter_view(size, resolve(min_scale, 0.2, 0.08, size), resolve(cj_strength, 0.5, 1.0, size),
+                           BYOL_JITTER)
         # BYOL's two views are asymmetric (always blurred vs rarely blurred + solarized); small images get no blur.
-        self.transform = transforms.BYOLTransform(
-            view_1_transform=transforms.BYOLView1Transform(
-                **view, gaussian_blur=resolve(gaussian_blur, 0.0, 1.0, size), solarization_prob=0.0),
-            view_2_transform=transforms.BYOLView2Transform(
-                **view, gaussian_blur=resolve(gaussian_blur, 0.0, 0.1, size),
-                solarization_prob=resolve(solarization_prob, 0.0, 0.2, size)),
-        )
+        self.view_specs = [
+            view.with_(blur_prob=resolve(gaussian_blur, 0.0, 1.0, size)),
+            view.with_(blur_prob=resolve(gaussian_blur, 0.0, 0.1, size),
+                       solarize_prob=resolve(solarization_prob, 0.0, 0.2, size)),
+        ]
+        self.transform = pil_views(self.view_specs, self.normalize)
 
     def training_loss(self, views: Sequence[Tensor]) -> Tensor:
         """Symmetrized negative cosine similarity between online predictions and teacher projections."""

@@ -137,6 +137,9 @@ class Method(nn.Module, abc.ABC):
         self.normalize = getattr(backbone, "normalize", IMAGENET_NORMALIZE)
         # Subclasses replace this with their lightly multi-view transform (PIL image -> list of tensors).
         self.transform: Callable | None = None
+        # One ViewSpec per view (plain data, core/ssl/views.py): the PIL transform and the batched on-device views
+        # (warmstart.pretraining.batched_views) are both built from it. Empty: only the PIL transform is known.
+        self.view_specs: list = []
 
     @abc.abstractmethod
     def training_loss(self, views: Sequence[Tensor]) -> Tensor:

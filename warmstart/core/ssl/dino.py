@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..._optional import require
 from .common import Method, concat_forward, cosine_momentum, momentum_copy, resolve
+from .views import DINO_JITTER, jitter_view, pil_views
 
 
 class DINO(Method):
@@ -41,7 +42,6 @@ class DINO(Method):
         super().__init__(backbone, image_size)
         heads = require("lightly.models.modules", "ssl")
         loss = require("lightly.loss", "ssl")
-        transforms = require("lightly.transforms", "ssl")
         size = self.image_size
         self.momentum_start, self.momentum_end, self.teacher_temp = momentum_start, momentum_end, teacher_temp
         self.student_head = heads.DINOProjectionHead(self.feature_dim, hidden_dim, bottleneck_dim, output_dim,
@@ -58,17 +58,15 @@ class DINO(Method):
                                        teacher_temp=teacher_temp, student_temp=student_temp,
                                        center_momentum=center_momentum)
         blur = resolve(gaussian_blur, 0.0, None, size)
-        self.transform = transforms.DINOTransform(
-            global_crop_size=size,
-            global_crop_scale=tuple(global_crop_scale),
-            local_crop_size=local_crop_size or max(16, round(size * 96 / 224)),
-            local_crop_scale=tuple(resolve(local_crop_scale, (0.1, 0.4), (0.05, 0.4), size)),
-            n_local_views=resolve(n_local_views, 2, 6, size),
-            cj_strength=0.5,
-            gaussian_blur=(1.0, 0.1, 0.5) if blur is None else (blur, blur, blur),
-            solarization_prob=resolve(solarization_prob, 0.0, 0.2, size),
-            normalize=self.normalize,
-        )
+        blurs = (1.0, 0.1, 0.5) if blur is None else (blur, blur, blur)
+        # lightly's DINOTransform: 2 global views (blurred; rarely blurred + solarized) and n local crops (bicubic).
+        glob = jitter_view(size, 0.0, 0.5, DINO_JITTER, interpolation="bicubic").with_(scale=tuple(global_crop_scale))
+        local = glob.with_(size=local_crop_size or max(16, round(size * 96 / 224)),
+                           scale=tuple(resolve(local_crop_scale, (0.1, 0.4), (0.05, 0.4), size)), blur_prob=blurs[2])
+        self.view_specs = [glob.with_(blur_prob=blurs[0]),
+                           glob.with_(blur_prob=blurs[1], solarize_prob=resolve(solarization_prob, 0.0, 0.2, size)),
+                           *[local] * resolve(n_local_views, 2, 6, size)]
+        self.transform = pil_views(self.view_specs, self.normalize)
 
     def training_loss(self, views: Sequence[Tensor]) -> Tensor:
         """Cross-entropy between teacher outputs on the 2 global views and student outputs on all views."""

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..._optional import require
 from .common import Method, feature_dim_of, resolve
+from .views import SIMCLR_JITTER, jitter_view, pil_views
 
 LOSSES = ("cosine", "mse")
 
@@ -55,7 +55,6 @@ class Distillation(Method):
             )
         if loss not in LOSSES:
             raise ValueError(f"unknown distillation loss {loss!r}; valid: {', '.join(LOSSES)}")
-        transforms = require("lightly.transforms", "ssl")
         self.loss = loss
         self.teacher_image_size = teacher_image_size
         self.teacher = teacher
@@ -69,15 +68,10 @@ class Distillation(Method):
             nn.Linear(hidden, self.teacher_dim),
         )
         size = self.image_size
-        view = transforms.SimCLRViewTransform(
-            input_size=size,
-            min_scale=resolve(min_scale, 0.3, 0.14, size),
-            cj_strength=resolve(cj_strength, 0.5, 0.5, size),
-            gaussian_blur=resolve(gaussian_blur, 0.0, 0.5, size),
-            normalize=self.normalize,
-        )
-        multi_view = require("lightly.transforms.multi_view_transform", "ssl")
-        self.transform = multi_view.MultiViewTransform([view])
+        # One view (lightly's SimCLRViewTransform) that student and teacher both see.
+        self.view_specs = [jitter_view(size, resolve(min_scale, 0.3, 0.14, size), resolve(cj_strength, 0.5, 0.5, size),
+                                       SIMCLR_JITTER, blur_prob=resolve(gaussian_blur, 0.0, 0.5, size))]
+        self.transform = pil_views(self.view_specs, self.normalize)
 
     def train(self, mode: bool = True) -> Distillation:
         """Train the student; the teacher always stays in eval mode (frozen BatchNorm / dropout off)."""

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..._optional import require
 from .common import Method, concat_forward, resolve
+from .views import SIMCLR_JITTER, jitter_view, pil_views
 
 
 class SimCLR(Method):
@@ -43,17 +44,15 @@ class SimCLR(Method):
         super().__init__(backbone, image_size)
         heads = require("lightly.models.modules", "ssl")
         loss = require("lightly.loss", "ssl")
-        transforms = require("lightly.transforms", "ssl")
         hidden = hidden_dim or self.feature_dim
         self.projection_head = heads.SimCLRProjectionHead(self.feature_dim, hidden, output_dim)
         self.criterion = loss.NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
-        self.transform = transforms.SimCLRTransform(
-            input_size=self.image_size,
-            min_scale=resolve(min_scale, 0.2, 0.08, self.image_size),
-            cj_strength=resolve(cj_strength, 0.5, 1.0, self.image_size),
-            gaussian_blur=resolve(gaussian_blur, 0.0, 0.5, self.image_size),
-            normalize=self.normalize,
-        )
+        size = self.image_size
+        # Two identical views (lightly's SimCLRTransform); the PIL and the batched path are built from these specs.
+        view = jitter_view(size, resolve(min_scale, 0.2, 0.08, size), resolve(cj_strength, 0.5, 1.0, size),
+                           SIMCLR_JITTER, blur_prob=resolve(gaussian_blur, 0.0, 0.5, size))
+        self.view_specs = [view, view]
+        self.transform = pil_views(self.view_specs, self.normalize)
 
     def training_loss(self, views: Sequence[Tensor]) -> Tensor:
         """NT-Xent between the projections of the first two views."""

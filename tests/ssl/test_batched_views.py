@@ -1,0 +1,177 @@
+"""Views made on the device in batches (warmstart.pretraining.batched_views) against the PIL path they replace."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from ssl_helpers import digit_folder, one_thread, tiny_cnn  # noqa: F401 - one_thread is an autouse fixture
+
+from warmstart.core.ssl import get_method
+from warmstart.core.ssl.views import ViewSpec, pil_view
+from warmstart.pretraining.batched_views import BatchedViews, LoadResized
+
+N = 400  # views per path: enough for a standard error of ~0.01-0.02 on every statistic below
+SIZE = 32
+
+
+def _pil_draws(spec: ViewSpec, image: Image.Image, n: int = N) -> torch.Tensor:
+    view = pil_view(spec, None)
+    out = []
+    for i in range(n):  # seeded like SeededViews: torch (torchvision), numpy (lightly's blur/solarize), random
+        torch.manual_seed(i)
+        np.random.seed(i)
+        random.seed(i)
+        out.append(view(image))
+    return torch.stack(out)
+
+
+def _batched_draws(spec: ViewSpec, image: Image.Image, n: int = N) -> torch.Tensor:
+    batch = LoadResized(SIZE)(image)[None].expand(n, -1, -1, -1)
+    return BatchedViews([spec], None, seed=1)(batch, torch.arange(n), epoch=0)[0]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str, floor: float) -> None:
+    """Means of two samples agree within 4 standard errors of their difference (plus ``floor``).
+
+    4 SE: if both paths draw from the same distribution a mismatch has probability ~6e-5, so a failure means the
+    distributions differ. ``floor`` absorbs the systematic differences the paths are allowed to have: PIL rounds to
+    uint8 after every step and resizes/blurs with its own kernels (antialiased resize, box-approximated blur).
+    """
+    a, b = a.double(), b.double()
+    se = (a.var() / len(a) + b.var() / len(b)).sqrt().item()
+    diff = abs(a.mean().item() - b.mean().item())
+    assert diff <= 4 * se + floor, f"{what}: PIL {a.mean():.4f} vs batched {b.mean():.4f} (4 SE = {4 * se:.4f})"
+
+
+def _marker() -> Image.Image:
+    # Red encodes the column, green the row: the value range of a view gives the part of the image it kept.
+    ramp = np.arange(SIZE, dtype=np.uint8) * 8
+    rgb = np.stack([np.tile(ramp, (SIZE, 1)), np.tile(ramp[:, None], (1, SIZE)), np.full((SIZE, SIZE), 128)], -1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def _kept_area(views: torch.Tensor) -> torch.Tensor:
+    span = lambda c: (views[:, c].amax((1, 2)) - views[:, c].amin((1, 2))) * 255 / 8 + 1  # noqa: E731
+    return span(0) * span(1) / SIZE**2
+
+
+def test_crop_scale_matches_the_pil_path() -> None:
+    spec = get_method("simclr", tiny_cnn(), SIZE).view_specs[0].with_(cj_prob=0.0, gray_prob=0.0)
+    pil, batched = _kept_area(_pil_draws(spec, _marker())), _kept_area(_batched_draws(spec, _marker()))
+    assert 0.3 < batched.mean() < 0.8 and batched.min() >= 0.15  # min_scale=0.2 (minus a pixel of rounding)
+    _close(pil, batched, "area kept", floor=0.02)
+    _close(pil.square(), batched.square(), "area kept, 2nd moment", floor=0.02)  # the spread, not only the mean
+
+
+def _photo() -> Image.Image:
+    # Smooth and colourful (every hue, mid saturation), like a photo more than like noise.
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    rgb = np.stack([0.5 + 0.4 * np.sin(6 * x), 0.5 + 0.4 * np.cos(5 * y), 0.5 + 0.3 * np.sin(4 * (x + y))], -1)
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+def _colour_stats(views: torch.Tensor) -> dict[str, torch.Tensor]:
+    gray = 0.299 * views[:, 0] + 0.587 * views[:, 1] + 0.114 * views[:, 2]
+    channel_gap = (views.amax(1) - views.amin(1)).amax((1, 2))
+    return {"brightness": gray.mean((1, 2)), "contrast": gray.std((1, 2)),
+            "grayscale": (channel_gap < 3 / 255).double(), "saturation": (views.amax(1) - views.amin(1)).mean((1, 2))}
+
+
+@pytest.mark.parametrize("method,kwargs", [("simclr", {}), ("byol", {"gaussian_blur": 0.5, "solarization_prob": 0.5})])
+def test_colour_statistics_match_the_pil_path(method: str, kwargs: dict) -> None:
+    for spec in get_method(method, tiny_cnn(), SIZE, **kwargs).view_specs[-1:]:
+        pil, batched = _colour_stats(_pil_draws(spec, _photo())), _colour_stats(_batched_draws(spec, _photo()))
+        assert 0.1 < batched["grayscale"].mean() < 0.3  # random_gray_scale=0.2
+        for key in pil:
+            _close(pil[key], batched[key], f"{method} {key}", floor=0.015)
+
+
+def test_views_of_an_image_depend_only_on_seed_epoch_and_index() -> None:
+    make = BatchedViews(get_method("dino", tiny_cnn(), SIZE).view_specs, {"mean": [0.5] * 3, "std": [0.2] * 3})
+    images = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8)
+    together = make(images, torch.tensor([5, 6, 7]), epoch=2)
+    alone = make(images[2:], torch.tensor([7]), epoch=2)
+    assert len(together) == 4 and together[-1].shape[-1] == 16  # 2 global + 2 local crops
+    assert all(torch.equal(t[2:], a) for t, a in zip(together, alone))
+    assert not torch.equal(make(images[2:], torch.tensor([7]), epoch=3)[0], alone[0])
+    state = torch.get_rng_state()
+    make(images, torch.arange(3), epoch=0)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is never drawn from
+
+
+def _epoch_losses(out: Path) -> list[float]:
+    with (out / "metrics.csv").open() as f:
+        return [float(r["train_loss_epoch"]) for r in csv.DictReader(f) if r.get("train_loss_epoch")]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return digit_folder(tmp_path_factory.mktemp("digits"), n=48)
+
+
+def test_batched_path_trains_in_a_lightning_run_and_exports(folder: Path, tmp_path: Path) -> None:
+    from warmstart import pretrain
+
+    torch.manual_seed(0)
+    summary = pretrain(tmp_path / "run", folder, tiny_cnn(), method="simclr", epochs=6, batch_size=16,
+                       image_size=SIZE, accelerator="cpu", devices=1, progress=False, views="batched")
+    assert summary["views"] == "batched" and Path(summary["exported"]["safetensors"]).is_file()
+    losses = _epoch_losses(tmp_path / "run")
+    assert len(losses) == 6 and min(losses[-2:]) < losses[0] - 0.05, losses  # as the PIL path's test
+
+
+def test_pil_views_still_train_and_a_custom_transform_selects_them(folder: Path, tmp_path: Path) -> None:
+    from lightly.transforms import SimCLRTransform
+
+    from warmstart import pretrain
+
+    common = dict(epochs=1, batch_size=16, image_size=SIZE, accelerator="cpu", devices=1, progress=False)
+    assert pretrain(tmp_path / "pil", folder, tiny_cnn(), views="pil", **common)["views"] == "pil"
+    own = SimCLRTransform(input_size=SIZE, hf_prob=0.0)
+    assert pretrain(tmp_path / "own", folder, tiny_cnn(), transform=own, **common)["views"] == "pil"
+    with pytest.raises(ValueError, match="views='pil'"):
+        pretrain(tmp_path / "bad", folder, tiny_cnn(), transform=own, views="batched", **common)
+    with pytest.raises(ValueError, match="views must be"):
+        pretrain(tmp_path / "bad2", folder, tiny_cnn(), views="gpu", **common)
+    # auto on the CPU keeps the PIL path (batched measured 0.87x there); on a GPU it would batch
+    assert pretrain(tmp_path / "auto", folder, tiny_cnn(), **common)["views"] == (
+        "batched" if torch.cuda.is_available() else "pil")
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_batched_views_resume_mid_epoch_to_identical_weights(folder: Path, tmp_path: Path) -> None:
+    """A run stopped mid-epoch (after a step checkpoint) and resumed ends where an uninterrupted run ends."""
+    import lightning as L
+    from safetensors.torch import load_file
+
+    from warmstart import pretrain
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 5:  # checkpoints every 2 steps: step 4 is mid-epoch (3 batches per epoch)
+                raise _Boom
+
+    def net():
+        torch.manual_seed(0)
+        return tiny_cnn()
+
+    kw = dict(method="byol", epochs=3, batch_size=16, image_size=SIZE, accelerator="cpu", devices=1,
+              progress=False, views="batched", checkpoint_every=2)
+    pretrain(tmp_path / "full", folder, net(), **kw)
+    with pytest.raises(_Boom):
+        pretrain(tmp_path / "cut", folder, net(), callbacks=[StopAt()], **kw)
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 4 and ckpt["epoch"] == 1  # mid-epoch 1
+    pretrain(tmp_path / "cut", folder, net(), resume=True, **kw)
+    full = load_file(tmp_path / "full" / "exported" / "backbone.safetensors")
+    again = load_file(tmp_path / "cut" / "exported" / "backbone.safetensors")
+    assert all(torch.equal(full[k], again[k]) for k in full)

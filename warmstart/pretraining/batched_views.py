@@ -1,0 +1,259 @@
+"""SSL views made on the training device, a batch at a time, with random parameters drawn per image.
+
+The DataLoader only decodes and resizes (:class:`LoadResized`: uint8 ``(3, S, S)``); :class:`BatchedViews` turns a
+batch of those into a method's views on whatever device the batch is on, following the same
+:class:`~warmstart.core.ssl.views.ViewSpec` list as the PIL path (crop, flips, rotation, colour jitter, grayscale,
+blur, solarization, noise, then the backbone's normalization). Pure torch + kornia.
+
+Why parameters are drawn here and not by ``kornia.augmentation``: kornia's modules sample from torch's global RNG
+for the whole batch at once, so an image's views would depend on its batch neighbours and on the global RNG state.
+Here every image draws one fixed-size block of uniforms from its own ``torch.Generator`` seeded from
+``(seed, epoch, index)`` (the same seed :class:`~warmstart.pretraining.ssl_data.SeededViews` uses), and the block
+is mapped to parameters vectorised over the batch. The views of an image then depend on nothing else, so a run
+killed mid-epoch resumes to bit-identical weights, and the global RNG is never touched. The image operations are
+kornia's kernels (``crop_and_resize``, ``rotate``, ``adjust_hue``, ``gaussian_blur2d``, ``rgb_to_grayscale``), the
+same ones ``kornia.augmentation`` calls; brightness, contrast and saturation use torchvision's blend formulas so
+the statistics match the PIL path's ``ColorJitter``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .._optional import require
+from ..core.ssl.views import ViewSpec, blur_kernel_size
+
+CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 (scale, ratio) draws before its centre-crop fallback
+# Layout of an image's uniforms for one view: 4 per crop attempt, then the other draws (fixed, so adding a draw
+# never shifts the others).
+_CROP = 4 * CROP_ATTEMPTS
+_HFLIP, _VFLIP, _ROT, _ROT_ANGLE, _CJ, _B, _C, _S, _H = range(_CROP, _CROP + 9)
+_ORDER = _CROP + 9  # 4 uniforms whose argsort is ColorJitter's random order of its 4 operations
+_GRAY, _BLUR, _SIGMA, _SOLAR, _NOISE = range(_ORDER + 4, _ORDER + 9)
+DRAWS_PER_VIEW = _ORDER + 9
+
+
+def image_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one image's augmentations: the same formula as ``SeededViews`` uses for the PIL path.
+
+    Example:
+        >>> image_seed(0, 1, 2)
+        100005
+    """
+    return (int(seed) * 1_000_003 + int(epoch) * 100_003 + int(index)) % (2**31 - 1)
+
+
+def draw_uniforms(seed: int, epoch: int, indices: Sequence[int], n_views: int) -> Tensor:
+    """``(B, n_views, DRAWS_PER_VIEW)`` uniforms in [0, 1), each image's from its own seeded generator (CPU).
+
+    Example:
+        >>> u = draw_uniforms(0, 0, [3, 7], 2)
+        >>> u.shape == (2, 2, DRAWS_PER_VIEW), torch.equal(u[1], draw_uniforms(0, 0, [7], 2)[0])
+        (True, True)
+    """
+    out = torch.empty(len(indices), n_views, DRAWS_PER_VIEW)
+    generator = torch.Generator()
+    for row, index in enumerate(indices):
+        generator.manual_seed(image_seed(seed, epoch, int(index)))
+        torch.rand(n_views, DRAWS_PER_VIEW, generator=generator, out=out[row])
+    return out
+
+
+class LoadResized:
+    """The loader side of the batched path: PIL image -> uint8 tensor ``(3, size, size)``.
+
+    The shorter side is resized to ``size`` (PIL, antialiased) and the centre square kept, so every image of a
+    batch has one shape and the crops are drawn on the device. Cheap: no float conversion, no augmentation.
+
+    Example:
+        >>> from PIL import Image
+        >>> t = LoadResized(8)(Image.new("RGB", (32, 16), (255, 0, 0)))
+        >>> t.shape, t.dtype, int(t[0].min())
+        (torch.Size([3, 8, 8]), torch.uint8, 255)
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, image) -> Tensor:
+        from PIL import Image
+
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = self.size / min(w, h)
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        image = image.crop((left, top, left + self.size, top + self.size))
+        return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3).permute(
+            2, 0, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return f"LoadResized({self.size})"
+
+
+class BatchedViews:
+    """A method's views of a uint8 image batch, made on the batch's device with per-image random parameters.
+
+    Args:
+        specs: one ViewSpec per view (``method.view_specs``).
+        normalize: ``{"mean": [...], "std": [...]}`` (``Backbone.normalize``) or None for pixels / 255.
+        seed: run seed; an image's parameters come from ``(seed, epoch, index)``.
+
+    Example:
+        >>> from warmstart.core.ssl.views import ViewSpec
+        >>> make = BatchedViews([ViewSpec(size=16), ViewSpec(size=8)], None, seed=0)
+        >>> images = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
+        >>> views = make(images, torch.arange(4), epoch=0)
+        >>> [tuple(v.shape) for v in views], torch.equal(views[0], make(images, torch.arange(4), epoch=0)[0])
+        ([(4, 3, 16, 16), (4, 3, 8, 8)], True)
+    """
+
+    def __init__(self, specs: Sequence[ViewSpec], normalize: dict | None, seed: int = 0) -> None:
+        if not specs:
+            raise ValueError("BatchedViews needs at least one ViewSpec (the method's view_specs)")
+        self.specs, self.normalize, self.seed = list(specs), normalize, int(seed)
+
+    def __call__(self, images: Tensor, indices: Tensor | Sequence[int], epoch: int) -> list[Tensor]:
+        """The views ``[(B, 3, size, size), ...]`` of ``images`` (uint8 or float in [0, 1], (B, 3, H, W))."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"BatchedViews expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        idx = indices.tolist() if isinstance(indices, Tensor) else list(indices)
+        # Drawn on the CPU (a few hundred numbers per image) and moved once: device RNGs differ across hardware.
+        u = draw_uniforms(self.seed, epoch, idx, len(self.specs)).to(x.device)
+        return [self.view(x, spec, u[:, v]) for v, spec in enumerate(self.specs)]
+
+    def view(self, x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
+        """One view of float images ``x`` in [0, 1] from per-image uniforms ``u`` (B, DRAWS_PER_VIEW)."""
+        kornia = require("kornia", "ssl")
+        out = _resized_crop(x, spec, u)
+        out = torch.where((u[:, _HFLIP] < spec.hf_prob)[:, None, None, None], out.flip(-1), out)
+        out = torch.where((u[:, _VFLIP] < spec.vf_prob)[:, None, None, None], out.flip(-2), out)
+        if spec.rr_prob > 0:
+            out = _rotate(out, spec, u, kornia)
+        if spec.cj_prob > 0:
+            out = _color_jitter(out, spec, u, kornia)
+        if spec.gray_prob > 0:
+            gray = kornia.color.rgb_to_grayscale(out).expand_as(out)
+            out = torch.where((u[:, _GRAY] < spec.gray_prob)[:, None, None, None], gray, out)
+        if spec.blur_prob > 0:
+            chosen = (u[:, _BLUR] < spec.blur_prob).nonzero().flatten()
+            if chosen.numel():  # only the images that are blurred pay for the convolution
+                lo, hi = spec.sigmas
+                sigma = (lo + (hi - lo) * u[chosen, _SIGMA])[:, None].expand(-1, 2).contiguous()
+                size = min(blur_kernel_size(hi), 2 * ((out.shape[-1] - 1) // 2) + 1)
+                out = out.index_copy(0, chosen, kornia.filters.gaussian_blur2d(out[chosen], size, sigma))
+        if spec.solarize_prob > 0:  # PIL's ImageOps.solarize(threshold=128): pixels >= 128 are inverted
+            solar = torch.where(out >= 128 / 255, 1.0 - out, out)
+            out = torch.where((u[:, _SOLAR] < spec.solarize_prob)[:, None, None, None], solar, out)
+        if spec.noise_prob > 0 and spec.noise_std > 0:
+            out = _noise(out, spec, u)
+        if self.normalize:
+            mean = torch.tensor(self.normalize["mean"], device=out.device, dtype=out.dtype)[None, :, None, None]
+            std = torch.tensor(self.normalize["std"], device=out.device, dtype=out.dtype)[None, :, None, None]
+            out = (out - mean) / std
+        return out
+
+
+def crop_boxes(height: int, width: int, spec: ViewSpec, u: Tensor) -> Tensor:
+    """torchvision's RandomResizedCrop.get_params, vectorised: ``(B, 4)`` integer boxes ``(top, left, h, w)``.
+
+    Example:
+        >>> spec = ViewSpec(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+        >>> crop_boxes(10, 10, spec, torch.rand(2, DRAWS_PER_VIEW)).tolist()
+        [[0, 0, 10, 10], [0, 0, 10, 10]]
+    """
+    a = u[:, :_CROP].reshape(-1, CROP_ATTEMPTS, 4).double()
+    area = height * width
+    lo, hi = spec.scale
+    log_lo, log_hi = math.log(spec.ratio[0]), math.log(spec.ratio[1])
+    target = area * (lo + (hi - lo) * a[..., 0])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * a[..., 1])
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.double().argmax(1)  # the first attempt that fits, as torchvision takes it
+    rows = torch.arange(a.shape[0], device=u.device)
+    w, h = w[rows, first], h[rows, first]
+    top = torch.floor(a[rows, first, 2] * (height - h + 1))
+    left = torch.floor(a[rows, first, 3] * (width - w + 1))
+    # Fallback when no attempt fits: the centre crop clamped to the ratio range.
+    in_ratio = width / height
+    if in_ratio < spec.ratio[0]:
+        fw, fh = width, round(width / spec.ratio[0])
+    elif in_ratio > spec.ratio[1]:
+        fw, fh = round(height * spec.ratio[1]), height
+    else:
+        fw, fh = width, height
+    any_ok = ok.any(1)
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], dtype=torch.double, device=u.device)
+    boxes = torch.stack([top, left, h, w], 1)
+    return torch.where(any_ok[:, None], boxes, fallback).long()
+
+
+def _resized_crop(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
+    kornia = require("kornia", "ssl")
+    # On the CPU in float64 like torchvision's Python floats (and MPS has no float64).
+    top, left, h, w = crop_boxes(x.shape[-2], x.shape[-1], spec, u.cpu()).to(x.device, x.dtype).unbind(1)
+    x0, y0, x1, y1 = left, top, left + w - 1, top + h - 1  # kornia boxes: pixel corners, inclusive
+    boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
+                         torch.stack([x0, y1], 1)], 1)
+    out = kornia.geometry.transform.crop_and_resize(x, boxes, (spec.size, spec.size), mode=spec.interpolation,
+                                                    align_corners=True)
+    return out.clamp_(0, 1)  # bicubic overshoots; PIL clips to uint8 too
+
+
+def _rotate(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
+    chosen = u[:, _ROT] < spec.rr_prob
+    if spec.rr_degrees is None:  # lightly's RandomRotate: a quarter turn counter-clockwise
+        return torch.where(chosen[:, None, None, None], torch.rot90(x, 1, (-2, -1)), x)
+    lo, hi = ((-abs(spec.rr_degrees), abs(spec.rr_degrees)) if isinstance(spec.rr_degrees, (int, float))
+              else spec.rr_degrees)
+    angle = torch.where(chosen, lo + (hi - lo) * u[:, _ROT_ANGLE], torch.zeros_like(u[:, _ROT_ANGLE]))
+    return kornia.geometry.transform.rotate(x, angle.to(x.dtype), mode="nearest", align_corners=False)
+
+
+def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
+    """torchvision's ColorJitter per image: factors, a random order of the 4 operations, applied with cj_prob."""
+    factors = {}
+    for key, amount, slot in (("b", spec.cj_bright, _B), ("c", spec.cj_contrast, _C), ("s", spec.cj_sat, _S)):
+        lo, hi = max(0.0, 1 - amount), 1 + amount
+        factors[key] = (lo + (hi - lo) * u[:, slot]).to(x.dtype)[:, None, None, None]
+    hue = ((2 * u[:, _H] - 1) * spec.cj_hue).to(x.dtype)
+    order = u[:, _ORDER:_ORDER + 4].argsort(1)
+    apply = u[:, _CJ] < spec.cj_prob
+    out = x
+    for position in range(4):
+        for op in range(4):
+            rows = ((order[:, position] == op) & apply).nonzero().flatten()
+            if not rows.numel() or (op == 3 and spec.cj_hue == 0):
+                continue
+            part = out[rows]
+            if op == 0:
+                part = (part * factors["b"][rows]).clamp(0, 1)
+            elif op == 1:
+                mean = kornia.color.rgb_to_grayscale(part).mean((-3, -2, -1), keepdim=True)
+                part = (factors["c"][rows] * part + (1 - factors["c"][rows]) * mean).clamp(0, 1)
+            elif op == 2:
+                gray = kornia.color.rgb_to_grayscale(part)
+                part = (factors["s"][rows] * part + (1 - factors["s"][rows]) * gray).clamp(0, 1)
+            else:  # torchvision's hue factor is a fraction of the colour circle, kornia's is radians
+                part = kornia.enhance.adjust_hue(part, hue[rows] * 2 * math.pi).clamp(0, 1)
+            out = out.index_copy(0, rows, part)
+    return out
+
+
+def _noise(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
+    # Per-image noise from a generator seeded by the image's own uniforms, so it is as reproducible as the rest.
+    noisy = x.clone()
+    for row in (u[:, _NOISE] < spec.noise_prob).nonzero().flatten().tolist():
+        generator = torch.Generator().manual_seed(int(u[row, _NOISE].item() * 2**31))
+        noise = torch.randn(x.shape[1:], generator=generator).to(x.device, x.dtype)
+        noisy[row] = (x[row] + spec.noise_std * noise).clamp(0, 1)
+    return noisy
