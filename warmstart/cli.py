@@ -33,6 +33,19 @@ def _devices(value: str) -> int | str | list[int]:
         return value
 
 
+def _workers(value: str) -> int | str:
+    # "auto" (per device, from the usable cores) or a count.
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a count, got {value!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {count}")
+    return count
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -79,7 +92,13 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
     p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's default)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--num-workers", type=_workers, default="auto", metavar="auto|N",
+                   help="DataLoader worker processes per device; auto = usable cores / devices - 1, at most 8")
+    p.add_argument("--cache", default="auto", choices=("auto", "ram", "off"),
+                   help="keep decoded images in RAM (decoded once): auto = when they fit --cache-budget-gb, "
+                        "ram = always (error if over budget), off = stream from disk")
+    p.add_argument("--cache-budget-gb", type=float, default=None, metavar="GB",
+                   help="RAM the image cache may use on this machine (default: 25%% of the available RAM)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--set", dest="method_options", type=_key_value, action="append", default=[],
                    metavar="KEY=VALUE", help="method option, repeatable (e.g. --set temperature=0.1); "
@@ -139,7 +158,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         precision=args.precision, num_nodes=args.num_nodes, accelerator=args.accelerator, resume=args.resume,
         overwrite=args.overwrite, val_data=args.val_data, teacher=args.teacher,
         teacher_weights=args.teacher_weights, lr=args.lr, num_workers=args.num_workers, seed=args.seed,
-        progress=not args.no_progress, checkpoint_every=args.checkpoint_every, views=args.views,
+        cache=args.cache, cache_budget_gb=args.cache_budget_gb, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every, views=args.views,
         **dict(args.method_options))
     print(json.dumps({k: v for k, v in summary.items() if k != "knn_history"}, indent=2, default=str))
     return 0

@@ -185,7 +185,9 @@ class CountingViews:
 
 def test_custom_transform_is_used_and_checked_before_training(folders, tmp_path: Path) -> None:
     views = CountingViews(32)
-    summary = pretrain(tmp_path / "ok", folders["data"], seeded_cnn(), epochs=1, transform=views, **RUN)
+    # num_workers=0: the calls are counted in this process (a worker would count in its own copy).
+    summary = pretrain(tmp_path / "ok", folders["data"], seeded_cnn(), epochs=1, transform=views, num_workers=0,
+                       **RUN)
     assert summary["steps"] == 3 and views.calls >= 48  # every training image went through our views
     with pytest.raises(ValueError, match="3 views but this method uses 2"):
         pretrain(tmp_path / "three", folders["data"], seeded_cnn(), transform=CountingViews(32, views=3), **RUN)

@@ -34,8 +34,9 @@ from ..core.run_manifest import MANIFEST_NAME, RunManifest, remove_previous_run
 from ..core.ssl import METHODS, get_method
 from .knn import KNNMonitor
 from .run_checkpoint import RunCheckpoint, TrainingInterrupted, parse_every
-from .ssl_data import SSLDataModule
+from .ssl_data import SSLDataModule, resolve_num_workers
 from .ssl_module import SSLModule
+from .throughput import ThroughputMonitor
 
 L = require("lightning", "lightning")
 
@@ -44,30 +45,13 @@ L = require("lightning", "lightning")
 OUTPUTS = ("checkpoints", "exported", "logs", "metrics.csv", "summary.json", MANIFEST_NAME)
 
 
-class _Throughput(L.Callback):
-    """Times the training loop itself (not setup/teardown) for the images/s in the summary."""
-
-    def __init__(self) -> None:
-        self.start_step, self.start_time, self.seconds = 0, 0.0, 0.0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.start_step, self.start_time = trainer.global_step, time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Freeze the measured time (also called when training ends on a signal, where on_train_end is not)."""
-        if self.start_time and not self.seconds:
-            self.seconds = time.perf_counter() - self.start_time
-
-
 def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str | nn.Module,
              method: str = "simclr", epochs: int = 10, batch_size: int = 64, image_size: int = 64,
              devices: int | str | list = "auto", strategy: Any = "auto", precision: str | int = "32-true",
              num_nodes: int = 1, accelerator: str = "auto", resume: bool = False, overwrite: bool = False,
              val_data: str | Path | None = None, teacher: str | nn.Module | None = None,
-             teacher_weights: str | Path | None = None, lr: float | None = None, num_workers: int = 0,
+             teacher_weights: str | Path | None = None, lr: float | None = None,
+             num_workers: int | str = "auto", cache: str = "auto", cache_budget_gb: float | None = None,
              seed: int = 0, progress: bool = True, callbacks: Sequence[L.Callback] = (),
              transform: Callable | None = None, checkpoint_every: int | str | None = "5min",
              views: str = "auto", **method_kwargs: Any) -> dict:
@@ -88,6 +72,15 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             raise :class:`TrainingInterrupted` after a partial ``summary.json``.
         val_data: optional labeled folder (class per subfolder): logs ``knn_acc`` every epoch.
         lr: peak learning rate (default: the method's ``default_lr``).
+        num_workers: DataLoader workers per device. ``"auto"`` (default): the cores this process may use
+            (``os.sched_getaffinity``) divided by the devices on this node, minus one for the training process,
+            capped at 8; so 0 on a single core. An int is used as given.
+        cache: keep the decoded images in RAM as uint8, decoded once before the first epoch (the PIL path keeps
+            the decoded image, ``views="batched"`` the resized one). ``"auto"`` (default): when the estimate fits
+            ``cache_budget_gb``, else stream from disk with one warning; ``"ram"``: always, an estimate over the
+            budget is an error; ``"off"``: stream.
+        cache_budget_gb: RAM the cache may use on this machine (split between its local processes); default 25%
+            of the RAM available at start. Less than one batch of decoded images is an error.
         callbacks: extra Lightning callbacks.
         transform: your own views for your domain (PIL image -> list of view tensors, as many as the method
             expects: 2 for simclr/byol/distillation, e.g. ``lightly.transforms.SimCLRTransform(hf_prob=0, ...)``
@@ -131,6 +124,7 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         raise ValueError("views='batched' makes the method's own views on the device; a custom transform= is a "
                          "per-image PIL transform: pass views='pil' (or 'auto') with it")
     views = _resolve_views(views, transform, accelerator)
+    resolve_num_workers(num_workers)  # a bad value fails now ("auto" is resolved per device by the data module)
     checkpoint = out / "checkpoints" / "last.ckpt"
     if not launched_child:
         _check_out(out, checkpoint, resume=resume, overwrite=overwrite)
@@ -158,7 +152,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     dataset.transform = loader_transform
     module = SSLModule(ssl_method, lr=lr, seed=seed, views=views)
     datamodule = SSLDataModule(dataset, loader_transform, batch_size=batch_size, num_workers=num_workers,
-                               seed=seed, views=views)
+                               seed=seed, views=views, pin_memory="auto", cache=cache,
+                               cache_budget_gb=cache_budget_gb, progress=progress)
 
     if overwrite and not launched_child and not resume:
         _remove_outputs(out)
@@ -172,7 +167,7 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
                                  out / "summary.json"] if p.exists())
         manifest.save()
 
-    throughput = _Throughput()
+    throughput = ThroughputMonitor(batch_size=int(batch_size))
     all_callbacks: list[L.Callback] = [throughput, *callbacks]
     if knn is not None:
         all_callbacks.append(knn)
@@ -198,6 +193,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         )
     # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
     run_checkpoint.mid_epoch = trainer.world_size == 1
+    # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
+    datamodule.plan_cache(local_processes=trainer.num_devices)
     # ---- train ----------------------------------------------------------------------------------------------
     info = dict(model=model, method=method, views=views, image_size=image_size, batch_size=int(batch_size),
                 epochs=int(epochs),
@@ -313,7 +310,7 @@ def _teacher(teacher: str | nn.Module | None, weights: str | Path | None, image_
     return net
 
 
-def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, throughput: _Throughput,
+def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, throughput: ThroughputMonitor,
              knn: KNNMonitor | None, **info: Any) -> dict:
     world = max(trainer.world_size, 1)
     per_step = info["batch_size"] * world * trainer.accumulate_grad_batches
@@ -337,6 +334,12 @@ def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, t
         "final_loss": float(loss) if loss is not None else None,
         "train_time_s": round(throughput.seconds, 3),
         "images_per_s": round(session_images / throughput.seconds, 2) if throughput.seconds > 0 else None,
+        # Share of the epochs' loop time spent waiting for the next batch: near 1 means the data side is the
+        # bottleneck (more workers, the cache, views="batched"); near 0, the model is.
+        "data_wait_fraction": (round(throughput.data_wait_fraction, 4)
+                               if throughput.data_wait_fraction is not None else None),
+        "num_workers": datamodule.resolved_num_workers(),
+        "cache": dict(datamodule.cache_info or {"mode": "off"}),
         "checkpoint": str(Path(info["out"]) / "checkpoints" / "last.ckpt"),
         "status": "completed",
     }

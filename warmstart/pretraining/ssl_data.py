@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,34 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .._optional import require
 
 L = require("lightning", "lightning")
+
+MAX_AUTO_WORKERS = 8  # beyond this, decoding small images is rarely the bottleneck and each worker costs RAM
+
+
+def resolve_num_workers(value: int | str, local_devices: int = 1, cpus: int | None = None) -> int:
+    """DataLoader workers per device: an int as given; ``"auto"``: ``min(8, cpus // local_devices - 1)``, >= 0.
+
+    ``cpus`` defaults to the cores this process may run on (``os.sched_getaffinity``, which honours taskset,
+    cgroups cpusets and SLURM bindings, unlike ``os.cpu_count``). One core per device is left to the training
+    process itself, so a single core (or one core per device) means 0 workers: loading then happens in the
+    training process, instead of a worker competing with it for the same core.
+
+    Example:
+        >>> resolve_num_workers("auto", 1, cpus=1), resolve_num_workers("auto", 1, cpus=2)
+        (0, 1)
+        >>> resolve_num_workers("auto", 4, cpus=32), resolve_num_workers("auto", 1, cpus=64), resolve_num_workers(3)
+        (7, 8, 3)
+    """
+    if value == "auto":
+        if cpus is None:
+            try:
+                cpus = len(os.sched_getaffinity(0))
+            except AttributeError:  # macOS / Windows have no affinity call
+                cpus = os.cpu_count() or 1
+        return max(0, min(MAX_AUTO_WORKERS, int(cpus) // max(1, int(local_devices)) - 1))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"num_workers must be 'auto' or an integer >= 0, got {value!r}")
+    return int(value)
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -180,30 +210,111 @@ class SSLDataModule(L.LightningDataModule):
     """
 
     def __init__(self, data: str | Path | list | Dataset, transform: Callable, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0, drop_last: bool = True, pin_memory: bool = False,
-                 views: str = "pil") -> None:
+                 num_workers: int | str = 0, seed: int = 0, drop_last: bool = True,
+                 pin_memory: bool | str = False, views: str = "pil", cache: str = "off",
+                 cache_budget_gb: float | None = None, progress: bool = True) -> None:
         super().__init__()
+        from .image_cache import CACHE_MODES
+
         if views not in ("pil", "batched"):
             raise ValueError(f"views must be 'pil' or 'batched', got {views!r}")
         self.views = views
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 for self-supervised losses, got {batch_size}")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {', '.join(map(repr, CACHE_MODES))}, got {cache!r}")
+        if cache_budget_gb is not None and not (isinstance(cache_budget_gb, (int, float))
+                                                and 0 < float(cache_budget_gb) < float("inf")):
+            raise ValueError(f"cache_budget_gb must be a positive number of GB, got {cache_budget_gb!r}")
+        resolve_num_workers(num_workers)  # a bad value fails here; "auto" is resolved per device in the loader
         self.data, self.transform = data, transform
-        self.batch_size, self.num_workers, self.seed = int(batch_size), int(num_workers), int(seed)
+        self.batch_size, self.num_workers, self.seed = int(batch_size), num_workers, int(seed)
         self.drop_last, self.pin_memory = drop_last, pin_memory
+        self.cache, self.cache_budget_gb, self.progress = cache, cache_budget_gb, progress
         self.dataset: Dataset | None = None
+        self.cache_info: dict[str, Any] | None = None  # what plan_cache decided (for the run summary)
+        self._images: Any = None  # the scanned UnlabeledImages, transform not yet attached
         self._loader: ResumableDataLoader | None = None
         self._resume_state: dict[str, int] | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is None:
+    def _scanned(self) -> Any:
+        if self._images is None:
             from ..core.data import UnlabeledImages
 
-            if isinstance(self.data, UnlabeledImages):  # already scanned (pretrain validates data up front)
-                self.data.transform = self.transform
-                self.dataset = self.data
+            # pretrain passes an already scanned UnlabeledImages (it validates data up front).
+            images = self.data if isinstance(self.data, UnlabeledImages) else UnlabeledImages(self.data)
+            images.transform = None  # attached in setup: directly, or behind the cache
+            self._images = images
+        return self._images
+
+    def plan_cache(self, local_processes: int | None = None) -> dict[str, Any]:
+        """Decide (once) whether the decoded images are cached in RAM; raise if ``cache`` cannot be honoured.
+
+        The budget (``cache_budget_gb``, default 25% of the available RAM) is for the machine, so each of the
+        ``local_processes`` (default: the trainer's devices on this node) gets its share. ``"auto"`` streams when
+        the estimate exceeds it (one warning says so); ``"ram"`` then raises; a budget below one batch raises.
+
+        Example:
+            >>> import numpy as np, tempfile
+            >>> from warmstart.testing import write_image_folder
+            >>> root = write_image_folder(np.zeros((4, 8, 8, 3), np.uint8), None, tempfile.mkdtemp())
+            >>> dm = SSLDataModule(root, lambda im: [im], batch_size=2, cache="auto", cache_budget_gb=1.0)
+            >>> {k: dm.plan_cache()[k] for k in ("mode", "estimate_bytes")}
+            {'mode': 'ram', 'estimate_bytes': 768}
+        """
+        if self.cache_info is not None:
+            return self.cache_info
+        from .image_cache import default_budget_gb, estimate_bytes
+
+        images = self._scanned()
+        if self.cache == "off":
+            self.cache_info = {"mode": "off", "reason": "cache='off'"}
+            return self.cache_info
+        if local_processes is None:
+            local_processes = self.trainer.num_devices if self.trainer is not None else 1
+        budget_gb = float(self.cache_budget_gb) if self.cache_budget_gb is not None else default_budget_gb()
+        budget = int(budget_gb * 1024**3 / max(1, int(local_processes)))
+        need = estimate_bytes(images, self._prepare())
+        per_batch = need * self.batch_size // max(1, len(images))
+        info = {"budget_bytes": budget, "estimate_bytes": need, "local_processes": int(local_processes)}
+        if budget < per_batch:
+            raise ValueError(
+                f"cache_budget_gb={budget_gb:g} gives {budget / 1024**2:.1f} MB per process, less than one batch "
+                f"of decoded images ({per_batch / 1024**2:.1f} MB for batch_size={self.batch_size}). Raise "
+                "--cache-budget-gb, or pass --cache off to stream the images from disk.")
+        if need > budget:
+            message = (f"the decoded images need about {need / 1024**3:.2f} GB, over the cache budget of "
+                       f"{budget / 1024**3:.2f} GB per process: streaming from disk (every image is decoded "
+                       "every epoch). Raise --cache-budget-gb to cache them.")
+            if self.cache == "ram":
+                raise ValueError(f"cache='ram': {message.split(': streaming')[0]}. Raise --cache-budget-gb or "
+                                 "pass --cache auto (streams when over budget).")
+            warnings.warn(message, stacklevel=2)
+            self.cache_info = {"mode": "off", "reason": "over budget", **info}
+        else:
+            self.cache_info = {"mode": "ram", **info}
+        return self.cache_info
+
+    def _prepare(self) -> Callable | None:
+        # The deterministic loader step to cache: LoadResized for batched views; the PIL path caches the decoded
+        # image and keeps making its random views from it.
+        return self.transform if self.views == "batched" else None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            images = self._scanned()
+            if self.plan_cache()["mode"] == "ram":
+                from .image_cache import CachedImages
+
+                # Filled here, in the main process, before any worker starts: see image_cache's docstring.
+                cached = CachedImages(images, self._prepare(),
+                                      transform=None if self.views == "batched" else self.transform,
+                                      progress=self.progress)
+                self.cache_info["bytes"] = cached.nbytes  # type: ignore[index]
+                self.dataset = cached
             else:
-                self.dataset = UnlabeledImages(self.data, transform=self.transform)
+                images.transform = self.transform
+                self.dataset = images
 
     @property
     def skipped(self) -> int:
@@ -213,9 +324,14 @@ class SSLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         distributed = self.trainer is not None and self.trainer.world_size > 1
+        workers = self.resolved_num_workers()
+        pin = self.pin_memory
+        if pin == "auto":  # page-locked host memory only helps (and only works) for copies to a CUDA device
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         common: dict[str, Any] = dict(
-            batch_size=self.batch_size, drop_last=self.drop_last, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+            batch_size=self.batch_size, drop_last=self.drop_last, num_workers=workers,
+            # Persistent: workers start once per run (not per epoch) and keep the cache they inherited.
+            persistent_workers=workers > 0, pin_memory=bool(pin),
             collate_fn=collate_views if self.views == "pil" else None,
             # Own generator: creating the loader's iterator then draws its worker seed from here, not from the
             # global RNG that SSLModule reseeds per epoch (else a resumed epoch would get different augmentations).
@@ -230,6 +346,11 @@ class SSLDataModule(L.LightningDataModule):
         if self._resume_state is not None:
             self._loader.load_state_dict(self._resume_state)
         return self._loader
+
+    def resolved_num_workers(self) -> int:
+        """``num_workers`` with ``"auto"`` resolved for this node's devices (see :func:`resolve_num_workers`)."""
+        devices = self.trainer.num_devices if self.trainer is not None else 1
+        return resolve_num_workers(self.num_workers, devices)
 
     def _items(self) -> Dataset:
         # PIL views: seeded per image here. Batched views: no randomness in the loader; the index rides along.
