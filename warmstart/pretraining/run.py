@@ -62,7 +62,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         data: folder of images (recursive), list of image paths, or a torch Dataset of images.
         model: backbone spec ("torchvision/resnet18", "timm/<name>", "hf/<type or folder>",
             "ultralytics/yolov8n.yaml") or an nn.Module (wrapped by ``build_backbone``).
-        method: "simclr", "byol", "dino" or "distillation" (needs ``teacher`` + ``teacher_weights``).
+        method: "simclr", "byol", "dino" or "distillation" (needs ``teacher``: a pretrained teacher name such as
+            ``"efficientnet_lite0"``, or a spec/module with ``teacher_weights``).
         devices, strategy, precision, num_nodes, accelerator: passed to ``lightning.Trainer`` unchanged.
         resume: continue from ``out/checkpoints/last.ckpt`` (same arguments as the interrupted run): mid-epoch
             where the checkpoint was written mid-epoch (single process), else from the last epoch end.
@@ -292,22 +293,15 @@ def _build(spec: str | nn.Module, image_size: int, what: str) -> nn.Module:
 
 def _teacher(teacher: str | nn.Module | None, weights: str | Path | None, image_size: int) -> nn.Module:
     if teacher is None:
-        raise ValueError("method='distillation' needs teacher=<spec or nn.Module> (--teacher) and usually "
-                         "teacher_weights=<file> (--teacher-weights) with its trained weights")
-    if weights is None and isinstance(teacher, str):
-        raise ValueError(f"teacher {teacher!r} would be randomly initialized: pass teacher_weights=<file> "
-                         "(--teacher-weights) with its trained weights")
-    if weights is not None:
-        from ..core.checkpoints import resolve_weights_path
+        raise ValueError("method='distillation' needs teacher=<spec, pretrained teacher name or nn.Module> "
+                         "(--teacher) and, unless it is a pretrained teacher such as 'efficientnet_lite0', "
+                         "teacher_weights=<file or export folder> (--teacher-weights) with its trained weights")
+    from ..core.backbones import Backbone
+    from ..core.teachers import build_teacher
 
-        weights = resolve_weights_path(weights)  # a folder means the export inside it; missing: named error
-    net = _build(teacher, image_size, "teacher")
-    if weights is not None:
-        from ..core.checkpoints import load_backbone_weights
-
-        report = load_backbone_weights(net, weights)
-        logging.getLogger(__name__).info("teacher: %s", report.summary())
-    return net
+    if isinstance(teacher, Backbone) and weights is None:
+        return teacher
+    return build_teacher(teacher, weights, image_size)  # refuses random init / mismatched weights by name
 
 
 def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, throughput: ThroughputMonitor,
