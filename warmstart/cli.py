@@ -57,6 +57,15 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+def _epochs(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"epochs must be a whole number or 'auto', got {value!r}") from None
+
+
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain", help="self-supervised pretraining / distillation of a backbone on unlabeled images",
@@ -69,8 +78,19 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                         "ultralytics/<name>.yaml (see `warmstart models`)")
     p.add_argument("--method", default="simclr", choices=METHOD_NAMES, help="SSL method")
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite or --resume)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--epochs", type=_epochs, default=10, metavar="N|auto",
+                   help="training epochs; auto = a budget of 10k optimizer steps, 10 to 500 epochs")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch per device")
+    p.add_argument("--global-batch-size", type=int, default=None,
+                   help="images per optimizer step over all devices; gradient accumulation is derived from it "
+                        "(default: batch size x devices x nodes)")
+    p.add_argument("--accumulate-grad-batches", type=int, default=None,
+                   help="accumulate gradients over N batches (instead of --global-batch-size)")
+    p.add_argument("--lr-scaling", default="none", choices=("linear", "none"),
+                   help="default lr = the method lr (none) or method lr x global batch / 256 (linear, opt-in); "
+                        "ignored with --lr")
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="lr warmup length in epochs (default: 10%% of the steps)")
     p.add_argument("--image-size", type=int, default=64, help="side of the square training views in pixels")
     p.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, a count, or 0,1")
     p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp, ...")
@@ -159,7 +179,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, val_data=args.val_data, teacher=args.teacher,
         teacher_weights=args.teacher_weights, lr=args.lr, num_workers=args.num_workers, seed=args.seed,
         cache=args.cache, cache_budget_gb=args.cache_budget_gb, progress=not args.no_progress,
-        checkpoint_every=args.checkpoint_every, views=args.views,
+        checkpoint_every=args.checkpoint_every, views=args.views, global_batch_size=args.global_batch_size,
+        accumulate_grad_batches=args.accumulate_grad_batches, lr_scaling=args.lr_scaling,
+        warmup_epochs=args.warmup_epochs,
         **dict(args.method_options))
     print(json.dumps({k: v for k, v in summary.items() if k != "knn_history"}, indent=2, default=str))
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -46,7 +47,7 @@ OUTPUTS = ("checkpoints", "exported", "logs", "metrics.csv", "summary.json", MAN
 
 
 def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str | nn.Module,
-             method: str = "simclr", epochs: int = 10, batch_size: int = 64, image_size: int = 64,
+             method: str = "simclr", epochs: int | str = 10, batch_size: int = 64, image_size: int = 64,
              devices: int | str | list = "auto", strategy: Any = "auto", precision: str | int = "32-true",
              num_nodes: int = 1, accelerator: str = "auto", resume: bool = False, overwrite: bool = False,
              val_data: str | Path | None = None, teacher: str | nn.Module | None = None,
@@ -54,7 +55,9 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
              num_workers: int | str = "auto", cache: str = "auto", cache_budget_gb: float | None = None,
              seed: int = 0, progress: bool = True, callbacks: Sequence[L.Callback] = (),
              transform: Callable | None = None, checkpoint_every: int | str | None = "5min",
-             views: str = "auto", **method_kwargs: Any) -> dict:
+             views: str = "auto", global_batch_size: int | None = None,
+             accumulate_grad_batches: int | None = None, lr_scaling: str = "none",
+             warmup_epochs: float | None = None, **method_kwargs: Any) -> dict:
     """Pretrain ``model`` on the unlabeled images in ``data`` with ``method``; export its weights to ``out``.
 
     Args:
@@ -72,7 +75,22 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             duration (``"5min"``, ``"90s"``); None or 0: epoch ends only. SIGINT/SIGTERM always write one and
             raise :class:`TrainingInterrupted` after a partial ``summary.json``.
         val_data: optional labeled folder (class per subfolder): logs ``knn_acc`` every epoch.
-        lr: peak learning rate (default: the method's ``default_lr``).
+        epochs: training epochs, or ``"auto"``: a step budget of ``AUTO_TARGET_STEPS`` optimizer steps,
+            ``clamp(ceil(AUTO_TARGET_STEPS * global_batch / n_images), 10, 500)`` epochs (see ``auto_epochs``);
+            ``summary["epochs"]`` records the resolved number.
+        global_batch_size: images per optimizer step over all devices and nodes. Default: ``batch_size`` x
+            devices x nodes. When given, ``batch_size`` stays the per-device batch and gradients are accumulated
+            over ``global_batch_size / (batch_size * world_size)`` batches (must be a whole number).
+        accumulate_grad_batches: accumulate gradients over this many batches (passed to the Lightning Trainer);
+            an alternative to ``global_batch_size``, not both.
+        lr: peak learning rate, used as given. Default: ``lr_scaling`` of the method's ``default_lr``.
+        lr_scaling: how the default peak lr follows the global batch. ``"none"`` (default): ``default_lr``
+            whatever the batch; ``"linear"`` (opt-in): the linear scaling rule ``default_lr * global_batch / 256``
+            (Goyal et al. 2017; what the SimCLR paper and LightlyTrain use). Not the default yet: at small batches
+            it lowers the lr (batch 64: x0.25) and existing short runs stopped learning (the batched-views
+            test's loss no longer fell). Ignored when ``lr`` is given.
+        warmup_epochs: linear lr warmup length in epochs (may be fractional), converted to a fraction of the
+            run's optimizer steps; must be < epochs. Default: 10% of the steps (``SSLModule.warmup_fraction``).
         num_workers: DataLoader workers per device. ``"auto"`` (default): the cores this process may use
             (``os.sched_getaffinity``) divided by the devices on this node, minus one for the training process,
             capped at 8; so 0 on a single core. An int is used as given.
@@ -112,8 +130,25 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if str(method).lower() not in METHODS:
         raise ValueError(f"unknown SSL method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
     method = str(method).lower()
-    if int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if epochs != "auto":
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or int(epochs) != epochs:
+            raise ValueError(f"epochs must be a whole number >= 1 or 'auto', got {epochs!r}")
+        if int(epochs) < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if global_batch_size is not None and accumulate_grad_batches is not None:
+        raise ValueError("pass either global_batch_size (accumulation is derived from it) or "
+                         "accumulate_grad_batches, not both")
+    if global_batch_size is not None and int(global_batch_size) < 1:
+        raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+    if accumulate_grad_batches is not None and int(accumulate_grad_batches) < 1:
+        raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+    if lr_scaling not in ("linear", "none"):
+        raise ValueError(f"lr_scaling must be 'linear' or 'none', got {lr_scaling!r}")
+    if warmup_epochs is not None:
+        if float(warmup_epochs) < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        if epochs != "auto" and float(warmup_epochs) >= int(epochs):
+            raise ValueError(f"warmup_epochs={warmup_epochs} must be less than epochs={epochs}")
     if int(batch_size) < 2:
         raise ValueError(f"batch_size must be >= 2 for self-supervised losses, got {batch_size}")
     if (teacher is not None or teacher_weights is not None) and method != "distillation":
@@ -179,7 +214,9 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if not progress:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     trainer = L.Trainer(
-        max_epochs=int(epochs), devices=devices, strategy=strategy, precision=precision, num_nodes=num_nodes,
+        # epochs="auto" and a global batch need the world size, known once the Trainer exists: set below.
+        max_epochs=1 if epochs == "auto" else int(epochs), accumulate_grad_batches=int(accumulate_grad_batches or 1),
+        devices=devices, strategy=strategy, precision=precision, num_nodes=num_nodes,
         accelerator=accelerator, logger=loggers, callbacks=all_callbacks, default_root_dir=out,
         # RunCheckpoint writes last.ckpt; Lightning's default ModelCheckpoint would add a second, unlisted copy.
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
@@ -192,13 +229,28 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             f"{len(dataset)} images over {trainer.world_size} process(es) is {per_rank} per process, fewer than "
             f"batch_size={batch_size} (incomplete batches are dropped). Lower --batch-size or add images."
         )
+    world = max(trainer.world_size, 1)
+    if global_batch_size is not None:
+        trainer.accumulate_grad_batches = derive_accumulation(int(global_batch_size), int(batch_size), world)
+    accumulate = int(trainer.accumulate_grad_batches)
+    global_batch = int(batch_size) * world * accumulate
+    if epochs == "auto":
+        epochs = auto_epochs(len(dataset), global_batch)
+        trainer.fit_loop.max_epochs = epochs
+        if warmup_epochs is not None and float(warmup_epochs) >= epochs:
+            raise ValueError(f"warmup_epochs={warmup_epochs} must be less than epochs ('auto' resolved to {epochs})")
+    if warmup_epochs is not None:
+        module.warmup_fraction = float(warmup_epochs) / int(epochs)
+    if lr is None and lr_scaling == "linear":
+        module.lr = float(ssl_method.default_lr) * global_batch / 256
     # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
     run_checkpoint.mid_epoch = trainer.world_size == 1
     # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
     datamodule.plan_cache(local_processes=trainer.num_devices)
     # ---- train ----------------------------------------------------------------------------------------------
     info = dict(model=model, method=method, views=views, image_size=image_size, batch_size=int(batch_size),
-                epochs=int(epochs),
+                epochs=int(epochs), global_batch_size=global_batch, accumulate_grad_batches=accumulate,
+                warmup_fraction=module.warmup_fraction, lr_scaling="explicit" if lr is not None else lr_scaling,
                 resume=resume, lr=module.lr, seed=seed, precision=precision, out=out)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
@@ -221,6 +273,43 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         _write_json(out / "summary.json", summary)
         record_outputs()
     return summary
+
+
+# epochs="auto": a fixed budget of optimizer steps. 10k steps is our choice for the small-to-medium unlabeled sets
+# warmstart targets (a 100k-image set at a global batch of 256 gets 26 epochs, a 5k-image set 500): long enough
+# for the contrastive/self-distillation losses to settle, short enough to run in hours on one GPU. Not measured.
+AUTO_TARGET_STEPS = 10_000
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 10, 500
+
+
+def auto_epochs(n_images: int, global_batch: int, target_steps: int | None = None) -> int:
+    """Epochs for ``epochs="auto"``: ``clamp(ceil(target_steps * global_batch / n_images), 10, 500)``.
+
+    Example:
+        >>> auto_epochs(100_000, 256), auto_epochs(5_000, 256), auto_epochs(10_000_000, 256)
+        (26, 500, 10)
+    """
+    if n_images < global_batch:
+        raise ValueError(f"epochs='auto' needs at least one global batch of images: {n_images} image(s) < "
+                         f"global batch {global_batch}. Pass an explicit epochs=, a smaller batch, or add images.")
+    wanted = math.ceil((target_steps or AUTO_TARGET_STEPS) * global_batch / n_images)
+    return int(min(max(wanted, AUTO_MIN_EPOCHS), AUTO_MAX_EPOCHS))
+
+
+def derive_accumulation(global_batch_size: int, batch_size: int, world_size: int) -> int:
+    """Gradient-accumulation steps so ``batch_size * world_size * accumulate == global_batch_size``.
+
+    Example:
+        >>> derive_accumulation(256, 32, 2)
+        4
+    """
+    per_step = batch_size * world_size
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not a multiple of batch_size={batch_size} x "
+            f"{world_size} process(es) = {per_step}; pick a global batch that is (e.g. "
+            f"{max(1, round(global_batch_size / per_step)) * per_step}) or change batch_size")
+    return math.ceil(global_batch_size / per_step)
 
 
 def _resolve_views(views: str, transform: Callable | None, accelerator: str) -> str:
