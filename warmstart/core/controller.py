@@ -73,6 +73,7 @@ class FinetuneController:
         self.lr_scales_for(1.0)  # unknown group names in lr_scales / group_lrs fail now, with the valid names
         self.position_now: float | None = None
         self.trainable_groups: list[str] = []
+        self.masked: list[nn.Parameter] = []  # frozen by gradient masking (apply(mask_grads=True))
 
     # ------------------------------------------------------------------------------------------ schedule
     def _starts(self) -> list[float | None]:
@@ -167,8 +168,14 @@ class FinetuneController:
                     out.add(name)
         return out
 
-    def apply(self, position: float) -> list[str]:
-        """Set ``requires_grad`` and the BN policy for ``position``; returns the trainable group names."""
+    def apply(self, position: float, *, mask_grads: bool = False) -> list[str]:
+        """Set ``requires_grad`` and the BN policy for ``position``; returns the trainable group names.
+
+        ``mask_grads=True`` is the DDP-safe way to freeze (DDP without ``find_unused_parameters`` must see the same
+        parameters require grad as when it wrapped the model): every parameter the plan ever trains keeps
+        ``requires_grad``, and the ones frozen at ``position`` are listed in ``masked`` for
+        :meth:`drop_masked_gradients` to clear before each optimizer step. BN policy follows the frozen set either way.
+        """
         self.position_now = float(position)
         self.trainable_groups = self.trainable_at(position)
         train = self.trainable_parameters(self.trainable_groups)
@@ -178,11 +185,26 @@ class FinetuneController:
             if not wanted:
                 p.grad = None  # a stale gradient would keep Adam moving a frozen weight
         _apply_bn_policy(self.model, self.plan.bn)
+        self.masked = []
+        if mask_grads:
+            ever = self.ever_trainable()
+            self.masked = [p for n, p in self.model.named_parameters() if n in ever and n not in train]
+            for p in self.masked:
+                p.requires_grad_(True)
         return list(self.trainable_groups)
+
+    def drop_masked_gradients(self) -> None:
+        """Clear the gradients of the parameters :meth:`apply` masked (call after backward, before the step)."""
+        for p in self.masked:
+            p.grad = None
+
+    def ever_trainable(self) -> set[str]:
+        """Parameter names the plan trains at some position (frozen groups and LoRA base weights never do)."""
+        return self.trainable_parameters(n for i, n in enumerate(self.group_names) if i not in self.frozen)
 
     def unfreeze_all(self) -> None:
         """Everything that can ever train trainable (for DDP wrapping and optimizer construction)."""
-        train = self.trainable_parameters(n for i, n in enumerate(self.group_names) if i not in self.frozen)
+        train = self.ever_trainable()
         for name, p in self.model.named_parameters():
             p.requires_grad_(name in train or p.requires_grad)
 

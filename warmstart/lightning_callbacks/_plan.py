@@ -58,7 +58,6 @@ class _Shared:
     mode: str
     drives_trainable: bool
     rewrites_optimizer: bool
-    masked: list[nn.Parameter] = field(default_factory=list)
     scales: dict[str, float] = field(default_factory=dict)  # param group name -> lr scale, once rebuilt
     logged: list[str] | None = None  # the trainable groups last reported in the log
     applied: list[str] | None = None  # the trainable groups of the last position applied from a hook
@@ -160,15 +159,8 @@ class PlanCallback(L.Callback, metaclass=abc.ABCMeta):
     def _apply(self, position: float) -> None:
         shared = self._shared
         c = shared.controller
-        names = shared.applied = c.apply(position)
-        if shared.mode == "mask_grads":
-            # The controller set the BN policy from requires_grad; now give DDP back the full set it wrapped
-            # (everything the plan ever trains, see setup) and drop the frozen ones' gradients before each step.
-            train = c.trainable_parameters(names)
-            ever = _ever_trainable(c)
-            shared.masked = [p for n, p in c.model.named_parameters() if n in ever and n not in train]
-            for p in shared.masked:
-                p.requires_grad_(True)
+        # mask_grads: DDP keeps the full set it wrapped (see setup); the controller masks the frozen ones' gradients.
+        names = shared.applied = c.apply(position, mask_grads=shared.mode == "mask_grads")
         if names != shared.logged:
             shared.logged = list(names)
             rank_zero_info(f"warmstart {shared.names}: {c.plan.unit} {position:g}: training {len(names)}/"
@@ -177,8 +169,7 @@ class PlanCallback(L.Callback, metaclass=abc.ABCMeta):
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         # mask_grads mode: runs after backward (and the DDP all-reduce), before clipping and the optimizer step.
         if self._leads:
-            for p in self._shared.masked:
-                p.grad = None
+            self._shared.controller.drop_masked_gradients()
 
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -200,11 +191,6 @@ class _AllGroups:
 
     def __init__(self, optimizers: list[Any]) -> None:
         self.param_groups = [g for opt in optimizers for g in getattr(opt, "_optimizer", opt).param_groups]
-
-
-def _ever_trainable(c: FinetuneController) -> set[str]:
-    """Parameters the plan trains at some position (frozen groups and LoRA base weights never do)."""
-    return c.trainable_parameters(n for i, n in enumerate(c.group_names) if i not in c.frozen)
 
 
 def _total_steps(trainer: Any) -> int | None:
