@@ -1,15 +1,17 @@
-"""Images/s of ``warmstart.pretrain`` vs a minimal hand-written torch loop (and lightly-train if installed).
+"""Images/s of ``warmstart.pretrain`` vs a minimal hand-written torch loop doing the same math.
 
 Same backbone (torchvision resnet18, random init), same lightly SimCLR transform (32 px, warmstart's small-image
 defaults) and NTXent loss, same projection head, batch 32, same images (scikit-learn digits upscaled to 32 px,
-written as PNGs), same optimizer (AdamW), ``num_workers=0``. The hand loop does exactly the math SSLModule does
-(one backbone pass over both views concatenated), so the ratio measures framework overhead only: Lightning's
-loop, logging (CSV + TensorBoard), the per-epoch checkpoint and the LR schedule. Runs are interleaved in one
-process (ABAB...) so machine load affects both alike; the median images/s over rounds is reported.
+written as PNGs), same optimizer (AdamW, fused on the CPU exactly when SSLModule fuses it), ``num_workers=0``.
+The hand loop does exactly the math SSLModule does (one backbone pass over both views concatenated), so the
+ratio measures framework overhead only: Lightning's loop, logging (CSV + TensorBoard), the per-epoch checkpoint
+and the LR schedule. Runs are interleaved in one process (ABAB...) so machine load affects both alike; the median
+images/s over rounds is reported.
 
     python benchmarks/ssl_throughput.py [--rounds 3] [--epochs 2] [--images 512]
 
-The optional peer ``lightly-train`` is used only if importable; it is never a warmstart dependency.
+LightlyTrain is compared in ``benchmarks/ssl_vs_lightly_train.py`` (its own venv, a subprocess: it is AGPL and is
+never imported here).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +29,11 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import Recorder, spread  # noqa: E402
+
+from warmstart.pretraining.ssl_module import fused_kernels_fit  # noqa: E402
 
 BATCH, SIZE = 32, 32
 
@@ -69,7 +77,8 @@ def hand_loop(data: Path, epochs: int) -> float:
     transform = SimCLRTransform(input_size=SIZE, min_scale=0.2, cj_strength=0.5, gaussian_blur=0.0)
     loader = DataLoader(Files(data, transform), batch_size=BATCH, shuffle=True, drop_last=True)
     params = list(backbone.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    # The same fused CPU kernel SSLModule picks: without it, the ratio measured the optimizer, not the framework.
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=fused_kernels_fit(params) or None)
     backbone.train()
     head.train()
     images, start = 0, time.perf_counter()
@@ -88,21 +97,32 @@ def warmstart_run(data: Path, epochs: int, out: Path) -> float:
     from warmstart.pretraining import pretrain
 
     summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=epochs, batch_size=BATCH,
-                       image_size=SIZE, accelerator="cpu", devices=1, progress=False, overwrite=True)
+                       image_size=SIZE, accelerator="cpu", devices=1, progress=False, overwrite=True,
+                       num_workers=0)  # as the hand loop: the ratio is the framework, not the worker count
     return float(summary["images_per_s"])
 
 
-def lightly_train_run(data: Path, epochs: int, out: Path) -> float | None:
-    try:
-        import lightly_train
-    except ImportError:
-        return None
-    start = time.perf_counter()
-    lightly_train.train(out=str(out), data=str(data), model="torchvision/resnet18", method="simclr",
-                        epochs=epochs, batch_size=BATCH, transform_args={"image_size": (SIZE, SIZE)},
-                        overwrite=True, num_workers=0)
-    n = len(list(data.rglob("*.png"))) // BATCH * BATCH
-    return n * epochs / (time.perf_counter() - start)  # includes its setup: an upper bound on its overhead
+def summarize(runs: list[dict], config: dict) -> dict:
+    """warmstart / hand loop images/s per round (median, min..max) and each arm's images/s.
+
+    Example:
+        >>> runs = [{"round": 0, "arm": "hand_loop", "images_per_s": 40.0},
+        ...         {"round": 0, "arm": "warmstart", "images_per_s": 39.0}]
+        >>> summarize(runs, {"images": 8, "epochs": 1, "rounds": 1})["rows"][0][1]
+        '0.975 (0.975..0.975, n=1)'
+    """
+    ips = {(r["round"], r["arm"]): r["images_per_s"] for r in runs}
+    rounds = sorted({k for k, arm in ips if (k, "hand_loop") in ips and (k, "warmstart") in ips})
+    ratios = [ips[(k, "warmstart")] / ips[(k, "hand_loop")] for k in rounds]
+    rows = [["warmstart.pretrain / hand-written torch + lightly loop, images/s (target >= 0.95)", spread(ratios),
+             ", ".join(f"{x:.3f}" for x in ratios)]]
+    for arm in ("hand_loop", "warmstart"):
+        values = [v for (k, a), v in ips.items() if a == arm]
+        if values:
+            rows.append([f"{arm} images/s", spread(values, "{:.1f}"), ", ".join(f"{v:.1f}" for v in values)])
+    return {"title": f"SSL pretraining throughput: SimCLR, resnet18, {SIZE} px, batch {BATCH}, {config['images']} "
+                     f"digit PNGs x {config['epochs']} epochs per run, {config['rounds']} interleaved rounds",
+            "columns": ["what", "median (min..max)", "per round"], "rows": rows}
 
 
 def main() -> None:
@@ -111,20 +131,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images", type=int, default=512)
     args = parser.parse_args()
+    config = {**vars(args), "threads": torch.get_num_threads()}
+    recorder = Recorder("ssl_throughput", config)
+    records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = write_digits(tmp / "data", args.images)
-        results: dict[str, list[float]] = {"hand_loop": [], "warmstart": [], "lightly_train": []}
+        results: dict[str, list[float]] = {"hand_loop": [], "warmstart": []}
         warmstart_run(data, 1, tmp / "warmup")  # first-import / first-call costs paid outside the timing
         for r in range(args.rounds):
             runs = [("hand_loop", lambda: hand_loop(data, args.epochs)),
                     ("warmstart", lambda: warmstart_run(data, args.epochs, tmp / "ws"))]
-            for name, fn in runs if r % 2 == 0 else runs[::-1]:
+            for order, (name, fn) in enumerate(runs if r % 2 == 0 else runs[::-1]):
                 results[name].append(fn())
+                records.append({"round": r, "arm": name, "order": order, "images_per_s": round(results[name][-1], 2)})
                 print(f"round {r}: {name} {results[name][-1]:.1f} images/s", flush=True)
-            peer = lightly_train_run(data, args.epochs, tmp / "lt")
-            if peer is not None:
-                results["lightly_train"].append(peer)
         med = {k: statistics.median(v) for k, v in results.items() if v}
         report = {"images_per_s_median": {k: round(v, 1) for k, v in med.items()},
                   "warmstart_over_hand_loop": round(med["warmstart"] / med["hand_loop"], 3),
@@ -134,11 +155,8 @@ def main() -> None:
                   "setup": {"backbone": "torchvision/resnet18", "image_size": SIZE, "batch_size": BATCH,
                             "images": args.images, "epochs": args.epochs, "rounds": args.rounds,
                             "threads": torch.get_num_threads()}}
-        if "lightly_train" in med:
-            report["warmstart_over_lightly_train"] = round(med["warmstart"] / med["lightly_train"], 3)
-        else:
-            report["lightly_train"] = "not installed (optional peer; pip install lightly-train to compare)"
         print(json.dumps(report, indent=2))
+    recorder.write(records, summarize)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -23,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from warmstart import pretrain
-from warmstart.testing import write_image_folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import Recorder, spread  # noqa: E402
+
+from warmstart import pretrain  # noqa: E402
+from warmstart.testing import write_image_folder  # noqa: E402
 
 
 def photos(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -44,6 +48,27 @@ def run(arm: str, data: Path, args: argparse.Namespace) -> float:
     return float(summary["images_per_s"])
 
 
+def summarize(runs: list[dict], config: dict) -> dict:
+    """Per-pair ratio batched / pil images/s (median, min..max) and each arm's images/s.
+
+    Example:
+        >>> runs = [{"pair": 0, "arm": a, "images_per_s": v} for a, v in (("pil", 10.0), ("batched", 12.0))]
+        >>> summarize(runs, {"images": 8, "epochs": 1, "pairs": 1, "workers": 0})["rows"][0][1]
+        '1.200 (1.200..1.200, n=1)'
+    """
+    ips = {(r["pair"], r["arm"]): r["images_per_s"] for r in runs}
+    pairs = sorted({p for p, _ in ips if (p, "pil") in ips and (p, "batched") in ips})
+    ratios = [ips[(p, "batched")] / ips[(p, "pil")] for p in pairs]
+    rows = [["batched / pil views, images/s", spread(ratios), ", ".join(f"{x:.3f}" for x in ratios)]]
+    for arm in ("pil", "batched"):
+        values = [ips[(p, arm)] for p in pairs]
+        rows.append([f"{arm} images/s", spread(values, "{:.1f}"), ", ".join(f"{v:.1f}" for v in values)])
+    return {"title": f"Views on the CPU: SimCLR, resnet18, 32 px, batch 64, {config['images']} images x "
+                     f"{config['epochs']} epochs per run, {config['workers']} workers, {config['pairs']} "
+                     "interleaved pairs",
+            "columns": ["what", "median (min..max)", "per pair"], "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3)
@@ -54,21 +79,26 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    recorder = Recorder("views_throughput", {**vars(args), "threads": torch.get_num_threads()})
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data = write_image_folder(photos(args.images, 32), None, Path(tempfile.mkdtemp(prefix="views_data_")))
     print(f"resnet18 SimCLR, 32 px, batch 64, {args.images} images x {args.epochs} epochs per run, "
           f"{torch.get_num_threads()} threads, {args.workers} workers")
-    ratios = []
+    ratios, runs = [], []
     for pair in range(args.pairs):
         start = time.perf_counter()
-        pil = run("pil", data, args)
-        batched = run("batched", data, args)
+        got = {}
+        for order, arm in enumerate(("pil", "batched") if pair % 2 == 0 else ("batched", "pil")):
+            got[arm] = run(arm, data, args)
+            runs.append({"pair": pair, "arm": arm, "order": order, "images_per_s": round(got[arm], 2)})
+        pil, batched = got["pil"], got["batched"]
         ratios.append(batched / pil)
         print(f"pair {pair + 1}: pil {pil:7.1f} img/s  batched {batched:7.1f} img/s  ratio {ratios[-1]:.3f}  "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     print(f"median ratio batched/pil over {len(ratios)} pairs: {statistics.median(ratios):.3f} "
           f"(all: {', '.join(f'{r:.3f}' for r in ratios)})")
+    recorder.write(runs, summarize)
 
 
 if __name__ == "__main__":

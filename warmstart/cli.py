@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 METHOD_NAMES = ("simclr", "byol", "dino", "distillation")  # kept in sync with warmstart.core.ssl.METHODS (tested)
+TEXT_METHODS = ("mlm", "clm")  # text continued pretraining of an hf/<folder> model on transformers.Trainer
 
 
 def _devices(value: str) -> int | str | list[int]:
@@ -76,7 +77,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="backbone spec: torchvision/<name>, timm/<name>, hf/<type or folder>, "
                         "ultralytics/<name>.yaml (see `warmstart models`)")
-    p.add_argument("--method", default="simclr", choices=METHOD_NAMES, help="SSL method")
+    p.add_argument("--method", default="simclr", choices=METHOD_NAMES + TEXT_METHODS,
+                   help="SSL method; mlm / clm: continued pretraining of an hf/<folder> text model on raw text")
     p.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite or --resume)")
     p.add_argument("--epochs", type=_epochs, default=10, metavar="N|auto",
                    help="training epochs; auto = a budget of 10k optimizer steps, 10 to 500 epochs")
@@ -92,6 +94,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=float, default=None,
                    help="lr warmup length in epochs (default: 10%% of the steps)")
     p.add_argument("--image-size", type=int, default=64, help="side of the square training views in pixels")
+    p.add_argument("--channels", type=int, default=None, metavar="N",
+                   help="input channels for non-RGB images (1: X-ray/depth, 4+: multi-band; 16-bit PNG/TIFF and "
+                        ".npy read at full precision; every image must have N channels). Default: RGB")
     p.add_argument("--devices", type=_devices, default="auto", help="Lightning devices: auto, a count, or 0,1")
     p.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, fsdp, ...")
     p.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
@@ -123,12 +128,26 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="method_options", type=_key_value, action="append", default=[],
                    metavar="KEY=VALUE", help="method option, repeatable (e.g. --set temperature=0.1); "
                                              "see `warmstart models` for each method's options")
+    p.add_argument("--logger", default="csv,tensorboard", metavar="NAMES",
+                   help="Lightning loggers, comma-separated: csv, tensorboard, mlflow, wandb (csv is always on). "
+                        "Offline by default: mlflow to a file store in OUT/logs/mlflow unless MLFLOW_TRACKING_URI "
+                        "is set, wandb offline in OUT/logs/wandb unless WANDB_MODE=online")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_text_options(p)
+
+
+def _add_text_options(p: argparse.ArgumentParser) -> None:
+    # Only --method mlm / clm reads these (--data is then a .txt/.csv/.jsonl file or a folder of .txt files).
+    p.add_argument("--max-length", type=int, default=128, help="mlm/clm: tokens per training block")
+    p.add_argument("--mask-prob", type=float, default=0.15, help="mlm: fraction of tokens masked")
+    p.add_argument("--text-column", default="text", help="mlm/clm: the text column of CSV / JSONL data")
+    p.add_argument("--lora-r", type=int, default=0, help="mlm/clm: LoRA rank (0: train all weights); merged on save")
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="write pooled backbone features of an image folder to .npy",
-                       description="Embed every readable image in DATA; writes OUT/embeddings.npy and OUT/files.txt.",
+    p = sub.add_parser("embed", help="write pooled backbone features of an image folder (npy, csv, parquet)",
+                       description="Embed every readable image in DATA; writes OUT/embeddings.npy and OUT/files.txt, "
+                                   "or OUT/embeddings.csv / .parquet (a path column, then embedding_0..N-1).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="folder of images (searched recursively)")
     p.add_argument("--model", default=None, help="backbone spec (default: read from the weights' backbone.json)")
@@ -136,7 +155,12 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--image-size", type=int, default=64, help="images are resized + center-cropped to this size")
+    p.add_argument("--channels", type=int, default=None, metavar="N",
+                   help="input channels for non-RGB images (default: the export's backbone.json, else RGB)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--format", default="npy", choices=("npy", "csv", "parquet"),
+                   help="npy: embeddings.npy + files.txt; csv / parquet: one table with a path column and one "
+                        "column per feature (parquet needs pyarrow)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -169,7 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_text_pretrain(args: argparse.Namespace) -> int:
+    # mlm / clm train a transformers text model with transformers.Trainer, not the Lightning image engine.
+    if not args.model.startswith("hf/"):
+        raise ValueError(f"--method {args.method} continues pretraining a Hugging Face text model: use "
+                         f"--model hf/<model folder>, got {args.model!r}")
+    if args.epochs == "auto":
+        raise ValueError(f"--epochs auto is for image pretraining; give --method {args.method} a number of epochs")
+    from .hf_integration.text_pretraining import continue_pretraining, read_summary
+
+    training_args: dict[str, Any] = {"per_device_train_batch_size": args.batch_size, "seed": args.seed,
+                                     "disable_tqdm": args.no_progress, "use_cpu": args.accelerator == "cpu"}
+    if args.lr is not None:
+        training_args["learning_rate"] = args.lr
+    if str(args.checkpoint_every).isdigit() and int(args.checkpoint_every) > 0:  # durations: the Trainer counts steps
+        training_args["save_steps"] = int(args.checkpoint_every)
+    out = continue_pretraining(
+        args.model[len("hf/"):], args.data, args.out, objective=args.method, epochs=args.epochs,
+        max_length=args.max_length, mask_prob=args.mask_prob, text_column=args.text_column,
+        lora={"r": args.lora_r, "alpha": 2 * args.lora_r} if args.lora_r else None, training_args=training_args,
+        resume_from_checkpoint=True if args.resume else None)
+    print(json.dumps(read_summary(out), indent=2))
+    return 0
+
+
 def _run_pretrain(args: argparse.Namespace) -> int:
+    if args.method in TEXT_METHODS:
+        return _run_text_pretrain(args)
     from .pretraining import pretrain
 
     summary = pretrain(
@@ -181,7 +231,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         cache=args.cache, cache_budget_gb=args.cache_budget_gb, progress=not args.no_progress,
         checkpoint_every=args.checkpoint_every, views=args.views, global_batch_size=args.global_batch_size,
         accumulate_grad_batches=args.accumulate_grad_batches, lr_scaling=args.lr_scaling,
-        warmup_epochs=args.warmup_epochs,
+        warmup_epochs=args.warmup_epochs, channels=args.channels, logger=args.logger,
         **dict(args.method_options))
     print(json.dumps({k: v for k, v in summary.items() if k != "knn_history"}, indent=2, default=str))
     return 0
@@ -202,8 +252,11 @@ def _run_embed(args: argparse.Namespace) -> int:
     from .pretraining import embed
 
     feats = embed(args.data, args.model, weights=args.weights, out=args.out, batch_size=args.batch_size,
-                  image_size=args.image_size, num_workers=args.num_workers, progress=not args.no_progress)
-    print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {args.out}/embeddings.npy")
+                  image_size=args.image_size, num_workers=args.num_workers, progress=not args.no_progress,
+                  channels=args.channels, format=args.format)
+    from .pretraining.embedding_files import FILE_NAMES
+
+    print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {args.out}/{FILE_NAMES[args.format]}")
     return 0
 
 

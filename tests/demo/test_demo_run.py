@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 
 import pytest
@@ -22,12 +24,14 @@ def _run(out, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "quick"
-    assert _run(out, "--quick") == 0
-    return out, json.loads((out / "results.json").read_text())
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert _run(out, "--quick") == 0
+    return out, json.loads((out / "results.json").read_text()), printed.getvalue()
 
 
-def test_demo_quick_writes_outputs(quick, capsys):
-    out, results = quick
+def test_demo_quick_writes_outputs(quick):
+    out, results, _ = quick
     png = (out / "accuracy_vs_labels.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     cells = {(r["fraction"], r["method"]) for r in results["rows"]}
@@ -45,8 +49,23 @@ def test_demo_quick_writes_outputs(quick, capsys):
     assert all(len(r["accuracies"]) == r["repeats"] == repeats for r in results["rows"])
 
 
+def test_demo_headline_is_the_declared_method_paired_by_subset(quick):
+    _, results, printed = quick
+    # lora is also run, but the headline is always finetune (declared before the run), never the best on the test set
+    acc = {(r["fraction"], r["method"], r["repeat"]): r["accuracy"] for r in results["runs"]}
+    for fraction in (0.01, 0.2):
+        d = results["headline"][str(fraction)]
+        assert d["method"] == "finetune" and d["repeats"] == len(d["diffs"]) == 1
+        assert d["diffs"] == [round(acc[(fraction, "finetune", 0)] - acc[(fraction, "scratch", 0)], 4)]
+        assert d["wins"] == int(d["diffs"][0] > 0)
+        assert f"{fraction:.0%} labels: {d['gain']:+.3f} mean; per subset {d['diffs'][0]:+.3f}; better on " \
+               f"{d['wins']}/1 subsets" in printed
+    assert "headline (declared before the run): finetune minus scratch, paired by labeled subset" in printed
+    assert "best pretrained" not in printed
+
+
 def test_demo_quick_pretrained_beats_scratch(quick):
-    _, results = quick
+    _, results, _ = quick
     acc = {(r["fraction"], r["method"]): r["accuracy"] for r in results["rows"]}
     assert all(a > 0.1 for a in acc.values()), acc  # every cell above chance (10 classes)
     # The measured gain (see README "The demo"): with 1% of the labels (13 images) the SSL-pretrained,
@@ -74,6 +93,8 @@ def test_demo_same_seed_same_results(tmp_path, capsys):
     assert abs(row["accuracy"] - sum(row["accuracies"]) / 2) < 1e-3
     out = capsys.readouterr().out
     assert "accuracy (2 subsets)" in out and f"{row['accuracy']:.3f} ± {row['accuracy_std']:.3f}" in out
+    # without the declared method there is no headline, and the demo says so instead of picking another method
+    assert "finetune minus scratch; not measured" in out and a["headline"] == {}
 
 
 def test_demo_refuses_non_empty_out(tmp_path, capsys):

@@ -64,6 +64,13 @@ def training_args(tmp_path, **overrides) -> transformers.TrainingArguments:
     return transformers.TrainingArguments(**kwargs)
 
 
+def warmup_fraction(fraction: float) -> dict:
+    """TrainingArguments for a warmup over ``fraction`` of the run: ``warmup_ratio`` before transformers 5, a
+    fractional ``warmup_steps`` from 5 on (where ``warmup_ratio`` is deprecated)."""
+    major = int(transformers.__version__.split(".")[0])
+    return {"warmup_steps": fraction} if major >= 5 else {"warmup_ratio": fraction}
+
+
 class Recorder(transformers.TrainerCallback):
     """After every optimizer step: which groups were frozen and every param group's lr during that step."""
 

@@ -57,17 +57,21 @@ def test_vit_lora_targets_attention_and_mlp_and_trains_in_trainer(tmp_path):
     model = apply_lora(transformers.ViTForImageClassification(tiny_vit_config()), r=2)
     assert type(model) is peft.PeftModel  # no peft task type for image classification: the generic wrapper
     names = {t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules}
-    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
+    assert names in ({"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"},  # transformers 5 module names
+                     {"query", "key", "value", "dense"})                     # 4.x: attention.output.dense, ...
     assert "classifier" in model.peft_config["default"].modules_to_save
-    base_before = model.base_model.model.vit.layers[0].attention.q_proj.base_layer.weight.detach().clone()
+    query = next(n for n, _ in model.named_parameters()
+                 if ".0." in n and ("q_proj" in n or "query" in n) and n.endswith("base_layer.weight"))
+    base_before = dict(model.named_parameters())[query].detach().clone()
     # LoRA composes with layer-wise LR decay: adapters in lower layers get smaller lrs
     trainer = transformers.Trainer(model=model, args=training_args(tmp_path, max_steps=2),
                                    train_dataset=ImageDataset(16),
                                    optimizer_cls_and_kwargs=llrd_optimizer(model, lr=1e-3, layer_decay=0.5))
     assert trainer.train().training_loss > 0
     lrs = {g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups}
-    assert lrs["vit.layers.0/decay"] == pytest.approx(lrs["head/decay"] / 4)
-    assert torch.equal(model.base_model.model.vit.layers[0].attention.q_proj.base_layer.weight, base_before)
+    layer0 = next(name for name in lrs if name.endswith(".0/decay"))  # vit.layers.0 (5.x), vit.encoder.layer.0
+    assert lrs[layer0] == pytest.approx(lrs["head/decay"] / 4)
+    assert torch.equal(dict(model.named_parameters())[query], base_before)
 
 
 def test_bad_input():

@@ -13,7 +13,7 @@ import os
 
 import pytest
 import torch
-from hf_helpers import training_args
+from hf_helpers import training_args, warmup_fraction
 from minilm_sentiment import TextDataset, accuracy, model_dir
 
 transformers = pytest.importorskip("transformers")
@@ -45,7 +45,7 @@ def test_minilm_lora_transfers_to_held_out_words(tmp_path, data):
     assert trainable_summary(model)["percent"] < 2.5  # adapters ~1.5% + pooler/classifier (head) ~0.6%
     before = accuracy(model, test)
     args = training_args(tmp_path, num_train_epochs=3, per_device_train_batch_size=16, learning_rate=1e-3,
-                         lr_scheduler_type="linear", warmup_steps=0.1)
+                         lr_scheduler_type="linear", **warmup_fraction(0.1))
     transformers.Trainer(model=model, args=args, train_dataset=train).train()
     acc = accuracy(model, test)
     print(f"MiniLM LoRA held-out accuracy: {before:.3f} -> {acc:.3f}")
@@ -58,7 +58,7 @@ def test_minilm_gradual_unfreezing_llrd_transfers_to_held_out_words(tmp_path, da
     # 36 steps: head alone for 3, then one more layer every 3 steps; embeddings stay frozen (max_groups=7 of 8)
     cb = GradualUnfreezing(unit="step", head_epochs=3, every=3, max_groups=7)
     args = training_args(tmp_path, num_train_epochs=3, per_device_train_batch_size=16,
-                         lr_scheduler_type="linear", warmup_steps=0.1)
+                         lr_scheduler_type="linear", **warmup_fraction(0.1))
     trainer = transformers.Trainer(model=model, args=args, train_dataset=train, callbacks=[cb],
                                    optimizer_cls_and_kwargs=llrd_optimizer(model, lr=3e-4, layer_decay=0.8,
                                                                            weight_decay=0.01))

@@ -90,3 +90,62 @@ def test_bad_input_is_refused_at_construction():
     m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     factory, kwargs = llrd_optimizer(m, lr=1.0, layer_decay=0.5, layer_patterns=[r"^0\.", r"^1\."])
     assert sorted(g["lr"] for g in factory()(m, **kwargs).param_groups) == [0.5, 0.5, 1.0, 1.0]
+
+
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer under accelerate's AcceleratedOptimizer wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def test_lr_weight_decay_and_optimizer_kind_come_from_training_arguments(tmp_path):
+    model, rec = tiny_bert(), Recorder()
+    args = training_args(tmp_path, max_steps=3, learning_rate=3e-3, weight_decay=0.05, lr_scheduler_type="constant",
+                         optim="adamw_torch", adam_beta1=0.8, adam_epsilon=1e-6)
+    emb0 = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=TokenDataset(32), callbacks=[rec],
+                                   optimizer_cls_and_kwargs=llrd_optimizer(model, layer_decay=DECAY))
+    trainer.train()
+    opt = _inner(trainer.optimizer)
+    assert type(opt) is torch.optim.AdamW  # optim="adamw_torch", through the Trainer's own mapping
+    for k in (1, 2, 3):  # the lr every group had during each real step: args.learning_rate x its layer scale
+        for name, lr in rec.lrs[k].items():
+            assert lr == pytest.approx(3e-3 * SCALES[name.rsplit("/", 1)[0]])
+    for g in opt.param_groups:
+        assert g["weight_decay"] == (0.05 if g["name"].endswith("/decay") else 0.0)
+        assert g["betas"] == (0.8, args.adam_beta2) and g["eps"] == 1e-6
+    assert not torch.equal(model.bert.embeddings.word_embeddings.weight, emb0)
+
+
+def test_weight_decay_from_arguments_shrinks_weights_that_get_no_gradient(tmp_path):
+    # token id 0 never occurs in TokenDataset, so its embedding row gets a zero gradient: AdamW moves it only
+    # through decoupled weight decay, by the factor (1 - lr * scale * weight_decay) per step.
+    model = tiny_bert()
+    row0 = model.bert.embeddings.word_embeddings.weight[0].detach().clone()
+    args = training_args(tmp_path, max_steps=2, learning_rate=1e-2, weight_decay=0.5, lr_scheduler_type="constant",
+                         optim="adamw_torch")
+    transformers.Trainer(model=model, args=args, train_dataset=TokenDataset(16),
+                         optimizer_cls_and_kwargs=llrd_optimizer(model, layer_decay=DECAY)).train()
+    factor = (1 - 1e-2 * DECAY**3 * 0.5) ** 2
+    assert torch.allclose(model.bert.embeddings.word_embeddings.weight[0], row0 * factor, rtol=1e-5, atol=1e-7)
+
+
+def test_explicit_arguments_win_over_training_arguments(tmp_path):
+    model, rec = tiny_bert(), Recorder()
+    args = training_args(tmp_path, max_steps=2, learning_rate=3e-3, weight_decay=0.05, lr_scheduler_type="constant",
+                         optim="adamw_torch")
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=TokenDataset(16), callbacks=[rec],
+        optimizer_cls_and_kwargs=llrd_optimizer(model, lr=1e-2, layer_decay=DECAY, weight_decay=0.0,
+                                                optimizer_cls=torch.optim.SGD, momentum=0.9))
+    trainer.train()
+    opt = _inner(trainer.optimizer)
+    assert type(opt) is torch.optim.SGD
+    assert all(g["weight_decay"] == 0.0 and g["momentum"] == 0.9 for g in opt.param_groups)
+    assert rec.lrs[1]["embeddings/decay"] == pytest.approx(1e-2 * DECAY**3)
+    # optim="sgd" in the arguments alone picks SGD too
+    model = tiny_bert()
+    trainer = transformers.Trainer(model=model, args=training_args(tmp_path, max_steps=1, optim="sgd"),
+                                   train_dataset=TokenDataset(8),
+                                   optimizer_cls_and_kwargs=llrd_optimizer(model, layer_decay=DECAY))
+    trainer.train()
+    assert type(_inner(trainer.optimizer)) is torch.optim.SGD

@@ -129,8 +129,13 @@ def test_resume_restores_the_controller_state_and_refuses_another_layout(tmp_pat
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
 
     three_layers = tiny_bert(layers=3)
-    with pytest.raises(ValueError, match=r"layer groups \['embeddings', 'bert.encoder.layer.0', "
-                                         r"'bert.encoder.layer.1', 'head'\].*'bert.encoder.layer.2', 'head'\]"):
+    ours = (r"layer groups \['embeddings', 'bert.encoder.layer.0', 'bert.encoder.layer.1', 'head'\]"
+            r".*'bert.encoder.layer.2'")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        # transformers 4.x loads the optimizer state before the trainer state, so the optimizer cannot know it is
+        # resuming: torch's own error comes first (still a refusal, but without the group names)
+        ours += "|loaded state dict has a different number of parameter groups"
+    with pytest.raises(ValueError, match=ours):
         _resume_run(tmp_path / "other", plan, str(checkpoint), model=three_layers)
 
 
@@ -182,9 +187,15 @@ def test_bad_input_before_training(tmp_path):
         transformers.Trainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=TokenDataset(8),
                              callbacks=[FinetuneCallback({"layer_decay": 0.9})], optimizer_cls_and_kwargs=opt)
     # lr comes from TrainingArguments only inside a Trainer
-    factory, kwargs = plan_optimizer(tiny_bert(), {"layer_decay": 0.5})
+    model = tiny_bert()
+    factory, kwargs = plan_optimizer(model, {"layer_decay": 0.5})
     with pytest.raises(ValueError, match="pass lr="):
-        factory()(tiny_bert(), **kwargs)
+        factory()(model, **kwargs)
+    # the tuple carries its model: a Trainer training another model is refused, not silently mis-grouped
+    other = tiny_bert()
+    with pytest.raises(ValueError, match="trains a different model than the one passed"):
+        transformers.Trainer(model=other, args=training_args(tmp_path, max_steps=1), train_dataset=TokenDataset(8),
+                             optimizer_cls_and_kwargs=plan_optimizer(model, {"layer_decay": 0.5}, lr=1e-3)).train()
 
 
 def test_fraction_unit_follows_the_run_length(tmp_path):

@@ -65,7 +65,7 @@ def test_vit_export_loads_into_vit_classifier_and_fine_tunes(tmp_path):
     trainer = transformers.Trainer(model=model, args=training_args(tmp_path / "run", max_steps=2),
                                    train_dataset=ImageDataset(16), callbacks=[cb])
     trainer.train()
-    assert cb.trainable_groups == ["vit.layers.1", "head"]
+    assert cb.trainable_groups in (["vit.layers.1", "head"], ["vit.encoder.layer.1", "head"])  # transformers 5 | 4
     assert torch.equal(model.vit.embeddings.patch_embeddings.projection.weight,
                        exported["embeddings.patch_embeddings.projection.weight"])
 

@@ -48,8 +48,9 @@ class Backbone(nn.Module):
     :class:`YOLOBackboneLayers` holding the YOLO model's own backbone layers); ``native_state_dict()`` returns
     its weights in the native key layout, i.e. what ``export_backbone`` writes and what the library's own model
     class loads. ``family`` is one of ``FAMILIES``, ``spec`` the spec string it was built from (None for a
-    module), ``image_size`` the size of the dummy forward that measured ``feature_dim``, and ``info`` what a
-    native loader needs (``hf_config``, ``timm_name``, ``yaml``). Build one with :func:`build_backbone`.
+    module), ``image_size`` the size of the dummy forward that measured ``feature_dim``, ``in_channels`` the
+    input channels it takes (3 unless built with ``channels=``; then also ``info["in_channels"]``), and ``info``
+    what a native loader needs (``hf_config``, ``timm_name``, ``yaml``). Build one with :func:`build_backbone`.
 
     Example:
         >>> import torch
@@ -71,6 +72,7 @@ class Backbone(nn.Module):
         spec: str | None = None,
         image_size: int = 64,
         info: dict[str, Any] | None = None,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if family not in FAMILIES:
@@ -79,9 +81,12 @@ class Backbone(nn.Module):
         self.family = family
         self.spec = spec
         self.image_size = int(image_size)
+        self.in_channels = int(in_channels)
         # A plain attribute (not a submodule): the feature function is code, not state.
         self._feature_fn = feature_fn or _default_features
         self.info: dict[str, Any] = dict(info or {})
+        if self.in_channels != 3:  # recorded in backbone.json, so a loader rebuilds the same stem
+            self.info["in_channels"] = self.in_channels
         self.feature_dim = _infer_feature_dim(self, self.image_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -129,6 +134,7 @@ def build_backbone(
     *,
     feature_fn: FeatureFn | None = None,
     image_size: int | None = None,
+    channels: int | None = None,
     **model_kwargs: Any,
 ) -> Backbone:
     """Build (or wrap) a randomly initialised backbone from a spec; never downloads anything.
@@ -142,6 +148,12 @@ def build_backbone(
     ``image_size`` is the size of the dummy forward that infers ``feature_dim`` (and the input size of
     fixed-size ViTs); ``model_kwargs`` go to the library constructor (e.g. ``img_size=32`` for timm ViTs).
 
+    ``channels``: input channels other than RGB (1 for X-ray/depth, 4+ for multi-band). timm builds with
+    ``in_chans``, transformers with ``config.num_channels``, Ultralytics with ``ch``; a torchvision model or a
+    model object gets its stem conv replaced in place (``warmstart.core.channels.adapt_first_conv``: fresh weights for a
+    spec, weights derived from the RGB filters for a model you pass in). A model whose stem cannot take them
+    raises ValueError. ``None`` or 3: RGB, built exactly as without the argument.
+
     Example:
         >>> import torch
         >>> bb = build_backbone("torchvision/resnet18", image_size=32)
@@ -149,21 +161,32 @@ def build_backbone(
         ('torchvision', 512, (2, 512))
         >>> "fc.weight" in bb.native_state_dict()
         False
+        >>> build_backbone("torchvision/resnet18", image_size=32, channels=4).model.conv1.in_channels
+        4
     """
+    if channels is not None:
+        from .channels import _check_channels
+
+        channels = None if _check_channels(channels) == 3 else int(channels)
     if isinstance(spec, Backbone):
+        if channels is not None and spec.in_channels != channels:
+            raise ValueError(f"this Backbone takes {spec.in_channels} input channels, not channels={channels}; "
+                             "build it with build_backbone(..., channels=...) or pass the model itself")
         return spec
     if isinstance(spec, nn.Module):
-        return _wrap_module(spec, feature_fn, image_size)
+        return _wrap_module(spec, feature_fn, image_size, channels)
     if not isinstance(spec, str) or "/" not in spec:
         raise ValueError(_unknown_spec(spec))
     library, name = spec.split("/", 1)
     builders = {"torchvision": _torchvision, "timm": _timm, "hf": _hf, "ultralytics": _ultralytics}
     if library not in builders or not name:
         raise ValueError(_unknown_spec(spec))
+    if channels is not None:
+        model_kwargs = {**model_kwargs, "_channels": channels}
     backbone = builders[library](name, image_size, model_kwargs)
     if feature_fn is not None:  # the library's weights and key layout, the user's notion of features
         backbone = Backbone(backbone.model, feature_fn, family=backbone.family, image_size=backbone.image_size,
-                            info=backbone.info)
+                            info=backbone.info, in_channels=backbone.in_channels)
     backbone.spec = spec
     return backbone
 
@@ -219,10 +242,16 @@ def _infer_feature_dim(backbone: Backbone, image_size: int) -> int:
         param = next(backbone.model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        out = backbone(torch.zeros(2, 3, image_size, image_size, device=device, dtype=dtype))
+        out = backbone(torch.zeros(2, backbone.in_channels, image_size, image_size, device=device, dtype=dtype))
     except ValueError:
         raise
     except Exception as err:
+        if backbone.in_channels != 3:
+            raise ValueError(
+                f"the {backbone.family} backbone cannot take {backbone.in_channels}-channel input after its stem was "
+                f"adapted ({type(err).__name__}: {err}). Build the model with {backbone.in_channels} input channels "
+                "yourself and pass it in, or pick another backbone."
+            ) from err
         raise ValueError(
             f"could not run a {image_size}x{image_size} image through the {backbone.family} backbone to infer its "
             f"feature size ({type(err).__name__}: {err}). Pass image_size= the input size this model expects."
@@ -250,21 +279,28 @@ def _is_hf(module: nn.Module) -> bool:
     return any(c.__name__ == "PreTrainedModel" for c in type(module).__mro__)
 
 
-def _wrap_module(module: nn.Module, feature_fn: FeatureFn | None, image_size: int | None) -> Backbone:
+def _wrap_module(module: nn.Module, feature_fn: FeatureFn | None, image_size: int | None,
+                 channels: int | None = None) -> Backbone:
+    if channels is not None:
+        from .channels import adapt_first_conv
+
+        # A model passed in usually carries trained weights: derive the new stem from its RGB filters.
+        adapt_first_conv(module.model if _is_ultralytics_wrapper(module) else module, channels, init="rgb")
+    ch = channels or 3
     if feature_fn is not None:
-        return Backbone(module, feature_fn, family="custom", image_size=image_size or 64)
+        return Backbone(module, feature_fn, family="custom", image_size=image_size or 64, in_channels=ch)
     if _is_ultralytics_wrapper(module):
-        return _ultralytics_backbone(module.model, image_size, None)
+        return _ultralytics_backbone(module.model, image_size, None, ch)
     if _is_ultralytics_model(module):
-        return _ultralytics_backbone(module, image_size, None)
+        return _ultralytics_backbone(module, image_size, None, ch)
     if _is_hf(module):
-        return _hf_backbone(getattr(module, "base_model", module), image_size)
+        return _hf_backbone(getattr(module, "base_model", module), image_size, ch)
     mod = _class_module(module)
     if mod.startswith("timm."):
-        return _timm_backbone(module, image_size)
+        return _timm_backbone(module, image_size, ch)
     if mod.startswith("torchvision.models"):
-        return _torchvision_backbone(module, image_size)
-    return Backbone(module, None, family="custom", image_size=image_size or 64)
+        return _torchvision_backbone(module, image_size, ch)
+    return Backbone(module, None, family="custom", image_size=image_size or 64, in_channels=ch)
 
 
 # ---------------------------------------------------------------------------------------------- torchvision
@@ -276,13 +312,18 @@ def _torchvision(name: str, image_size: int | None, kwargs: dict[str, Any]) -> B
         raise ValueError(f"torchvision has no classification model {name!r}; see "
                          "torchvision.models.list_models(module=torchvision.models). Valid specs look like "
                          "'torchvision/resnet18'.")
+    channels = kwargs.pop("_channels", None)
     if name.startswith("vit") and image_size and "image_size" not in kwargs:
         kwargs = {**kwargs, "image_size": image_size}  # torchvision ViTs fix their input size at construction
     model = tv.models.get_model(name, weights=None, **kwargs)
-    return _torchvision_backbone(model, image_size)
+    if channels is not None:
+        from .channels import adapt_first_conv
+
+        adapt_first_conv(model, channels, init="random")  # random weights: nothing to derive the stem from
+    return _torchvision_backbone(model, image_size, channels or 3)
 
 
-def _torchvision_backbone(model: nn.Module, image_size: int | None) -> Backbone:
+def _torchvision_backbone(model: nn.Module, image_size: int | None, in_channels: int = 3) -> Backbone:
     """Replace the classifier (the last ``nn.Linear``) by ``nn.Identity``, in place.
 
     Torchvision classifiers all end in one Linear (resnet ``fc``, convnext/efficientnet/mobilenet ``classifier[-1]``,
@@ -310,7 +351,7 @@ def _torchvision_backbone(model: nn.Module, image_size: int | None) -> Backbone:
             if hasattr(model, attr):
                 setattr(model, attr, None)
     size = image_size or getattr(model, "image_size", None) or 64
-    return Backbone(model, None, family="torchvision", image_size=size)
+    return Backbone(model, None, family="torchvision", image_size=size, in_channels=in_channels)
 
 
 # ------------------------------------------------------------------------------------------------------ timm
@@ -320,7 +361,10 @@ def _timm(name: str, image_size: int | None, kwargs: dict[str, Any]) -> Backbone
     timm = require("timm")
     if not timm.is_model(name):
         raise ValueError(f"timm has no model {name!r}; see timm.list_models(). Valid specs look like 'timm/resnet18'.")
+    channels = kwargs.pop("_channels", None)
     kwargs = {"pretrained": False, "num_classes": 0, **kwargs}
+    if channels is not None:
+        kwargs["in_chans"] = channels  # timm builds (and initialises) the stem for these channels itself
     if kwargs.get("pretrained"):
         raise ValueError("warmstart never downloads weights: build with pretrained=False and load your own file.")
     if image_size and "img_size" not in kwargs:
@@ -331,14 +375,14 @@ def _timm(name: str, image_size: int | None, kwargs: dict[str, Any]) -> Backbone
             model = timm.create_model(name, **kwargs)
     else:
         model = timm.create_model(name, **kwargs)
-    return _timm_backbone(model, image_size)
+    return _timm_backbone(model, image_size, channels or 3)
 
 
 def _timm_features(model: nn.Module, x: Tensor) -> Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-def _timm_backbone(model: nn.Module, image_size: int | None) -> Backbone:
+def _timm_backbone(model: nn.Module, image_size: int | None, in_channels: int = 3) -> Backbone:
     if getattr(model, "num_classes", 0):
         model.reset_classifier(0)  # in place: an unused classifier would break DDP and bloat the export
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -346,7 +390,7 @@ def _timm_backbone(model: nn.Module, image_size: int | None) -> Backbone:
     fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
     size = image_size or (fixed[0] if isinstance(fixed, (tuple, list)) else fixed) or 64
     info = {"timm_name": cfg.get("architecture")}
-    return Backbone(model, _timm_features, family="timm", image_size=size, info=info)
+    return Backbone(model, _timm_features, family="timm", image_size=size, info=info, in_channels=in_channels)
 
 
 # -------------------------------------------------------------------------------------------- transformers
@@ -354,6 +398,7 @@ def _timm_backbone(model: nn.Module, image_size: int | None) -> Backbone:
 
 def _hf(name: str, image_size: int | None, kwargs: dict[str, Any]) -> Backbone:
     transformers = require("transformers", "hf")
+    channels = kwargs.pop("_channels", None)
     folder = Path(name)
     if (folder / "config.json").is_file():
         config = transformers.AutoConfig.from_pretrained(str(folder))
@@ -370,9 +415,14 @@ def _hf(name: str, image_size: int | None, kwargs: dict[str, Any]) -> Backbone:
             ) from err
     for key, value in kwargs.items():
         setattr(config, key, value)
+    if channels is not None:
+        if not hasattr(config, "num_channels"):
+            raise ValueError(f"cannot build hf/{name} with channels={channels}: its config ({config.model_type}) has "
+                             "no num_channels. Pick a vision model type (vit, convnext, resnet, ...).")
+        config.num_channels = channels
     model_kwargs = {"add_pooling_layer": False} if config.model_type in _HF_CLS_TOKEN else {}
     model = transformers.AutoModel.from_config(config, **model_kwargs)
-    return _hf_backbone(model, image_size)
+    return _hf_backbone(model, image_size, channels or 3)
 
 
 def _hf_features(model: nn.Module, x: Tensor) -> Tensor:
@@ -386,7 +436,7 @@ def _hf_features(model: nn.Module, x: Tensor) -> Tensor:
     return _pool(hidden)
 
 
-def _hf_backbone(model: nn.Module, image_size: int | None) -> Backbone:
+def _hf_backbone(model: nn.Module, image_size: int | None, in_channels: int = 3) -> Backbone:
     config = model.config
     cfg_size = getattr(config, "image_size", None)
     if isinstance(cfg_size, (list, tuple)):
@@ -394,7 +444,7 @@ def _hf_backbone(model: nn.Module, image_size: int | None) -> Backbone:
     # Patch-token models fix their input size in the position embeddings; CNNs run at any size.
     size = image_size or (cfg_size if config.model_type in _HF_CLS_TOKEN and cfg_size else 64)
     info = {"hf_config": config.to_dict(), "hf_model_class": type(model).__name__}
-    return Backbone(model, _hf_features, family="hf", image_size=size, info=info)
+    return Backbone(model, _hf_features, family="hf", image_size=size, info=info, in_channels=in_channels)
 
 
 # --------------------------------------------------------------------------------------------- ultralytics
@@ -404,6 +454,9 @@ def _ultralytics(name: str, image_size: int | None, kwargs: dict[str, Any]) -> B
     require("ultralytics", "yolo")
     from ultralytics.nn import tasks
 
+    channels = kwargs.pop("_channels", None)
+    if channels is not None:
+        kwargs["ch"] = channels  # Ultralytics builds its first conv for ch input channels
     if not name.endswith((".yaml", ".yml")):
         raise ValueError(f"'ultralytics/{name}': give a model yaml such as 'ultralytics/yolov8n.yaml' (built "
                          "randomly initialised; load trained weights yourself, warmstart never downloads .pt files).")
@@ -414,7 +467,7 @@ def _ultralytics(name: str, image_size: int | None, kwargs: dict[str, Any]) -> B
     elif stem.endswith("-pose"):
         cls = tasks.PoseModel
     model = cls(name, verbose=False, **kwargs)
-    return _ultralytics_backbone(model, image_size, name)
+    return _ultralytics_backbone(model, image_size, name, channels or 3)
 
 
 def _backbone_length(model: nn.Module) -> int:
@@ -454,9 +507,11 @@ class YOLOBackboneLayers(nn.Module):
         return self.model(x)
 
 
-def _ultralytics_backbone(model: nn.Module, image_size: int | None, yaml_name: str | None) -> Backbone:
+def _ultralytics_backbone(model: nn.Module, image_size: int | None, yaml_name: str | None,
+                          in_channels: int = 3) -> Backbone:
     n = _backbone_length(model)
     yaml = getattr(model, "yaml", {}) or {}
     info = {"yaml": yaml_name or yaml.get("yaml_file"), "backbone_layers": n}
     layers = YOLOBackboneLayers(list(model.model)[:n])
-    return Backbone(layers, None, family="ultralytics", image_size=image_size or 64, info=info)
+    return Backbone(layers, None, family="ultralytics", image_size=image_size or 64, info=info,
+                    in_channels=in_channels)

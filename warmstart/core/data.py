@@ -9,6 +9,10 @@ in ``.skipped`` for the run summary. A decode that still fails later (a file cha
 the next readable item, label included, instead of raising.
 
 A missing folder or a folder without images fails here, before any model or trainer is built.
+
+``channels=N`` (1 for X-ray/depth, 4+ for multi-band) switches to ``warmstart.core.channels``: files (and ``.npy``
+arrays) are read at full precision as float ``(C, H, W)`` tensors instead of RGB PIL images, and a file with
+another channel count is an error before training starts. ``channels=None`` (default) is the RGB path as before.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from . import channels as _channels
 from .image_scan import IMAGE_SUFFIXES, ScanReport, walk_images
 
 _SUFFIX_HINT = f".jpg, .png, .gif, .webp, .tif ... ({len(IMAGE_SUFFIXES)} suffixes PIL reads)"
@@ -48,15 +53,15 @@ def find_images(root: str | Path) -> list[Path]:
     return _walk(root).used
 
 
-def _walk(root: str | Path) -> ScanReport:
+def _walk(root: str | Path, extra_suffixes: tuple[str, ...] = ()) -> ScanReport:
     """``walk_images`` with the errors a user can act on: missing folder, a non-image file, no images."""
     root = Path(root).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist. Pass the folder that holds your images "
                                 f"(searched recursively for {_SUFFIX_HINT}).")
-    if root.is_file() and root.suffix.lower() not in IMAGE_SUFFIXES:
+    if root.is_file() and root.suffix.lower() not in IMAGE_SUFFIXES + extra_suffixes:
         raise ValueError(f"{root} is a file, not an image folder; pass the folder that holds your images.")
-    report = walk_images(root)
+    report = walk_images(root, extra_suffixes)
     if not report.used:
         counts = report.counts()
         why = ", ".join(f"{k}: {n}" for k, n in {**counts["skipped_reasons"], **counts["ignored_rules"]}.items())
@@ -151,6 +156,10 @@ class UnlabeledImages(Dataset):
     skips the up-front decode (faster start on huge folders; bad files are then replaced at load time and
     counted only in the process that met them, so use it with ``num_workers=0`` when the count matters).
 
+    ``channels=N``: items are float ``(N, H, W)`` tensors read at full precision (16-bit kept; ``.npy`` arrays
+    ``(H, W[, C])`` accepted) instead of RGB PIL images; the up-front check also reads each file's channel count
+    and raises ValueError, naming the files, if any differs from ``N`` (a Dataset source: its first item).
+
     Example:
         >>> import tempfile, numpy as np
         >>> root = write_image_folder(np.zeros((3, 8, 8, 4), np.uint8), None, tempfile.mkdtemp())
@@ -172,8 +181,10 @@ class UnlabeledImages(Dataset):
         *,
         check: bool = True,
         progress: bool = True,
+        channels: int | None = None,
     ) -> None:
         self.transform = transform
+        self.channels = None if channels is None else _channels._check_channels(channels)
         self.dataset: Dataset | None = None
         self.files: list[Path] | None = None
         self.skipped_files: list[tuple[Path, str]] = []
@@ -183,9 +194,11 @@ class UnlabeledImages(Dataset):
             if len(source) == 0:  # type: ignore[arg-type]
                 raise ValueError("the dataset passed as data is empty.")
             self.scan = ScanReport(dataset_items=len(source))  # type: ignore[arg-type]
+            if self.channels is not None:
+                _channels.check_channel_counts([(Path("item 0"), self.dataset_image(0).shape[0])], self.channels)
             return
         if isinstance(source, (str, Path)):
-            self.scan = _walk(source)
+            self.scan = _walk(source, _channels.ARRAY_SUFFIXES if self.channels is not None else ())
         elif isinstance(source, Sequence):
             if not source:
                 raise ValueError("the list of image paths is empty.")
@@ -194,7 +207,7 @@ class UnlabeledImages(Dataset):
             raise ValueError(f"data must be an image folder, a list of image paths or a torch Dataset, "
                              f"got {type(source).__name__}.")
         if check:
-            _check_scan(self.scan, progress)
+            _check_scan(self.scan, progress, self.channels)
         self.skipped_files = list(self.scan.skipped)
         if not self.scan.used:
             raise ValueError(f"none of the {len(self.skipped_files)} image files could be read "
@@ -213,11 +226,14 @@ class UnlabeledImages(Dataset):
         if self.dataset is not None:
             img = self.dataset_image(index)
         else:
-            img = _load_readable(self.files, index, self._runtime_bad, self.scan)[1]  # type: ignore[arg-type]
+            img = _load_readable(self.files, index, self._runtime_bad, self.scan,  # type: ignore[arg-type]
+                                 self.channels)[1]
         return self.transform(img) if self.transform is not None else img
 
-    def dataset_image(self, index: int) -> Image.Image:
+    def dataset_image(self, index: int) -> Image.Image | torch.Tensor:
         """Item ``index`` of a wrapped Dataset as an RGB image (first element of tuples; tensors/arrays converted).
+
+        With ``channels``: a float ``(C, H, W)`` tensor (tensors taken as ``(C, H, W)``, arrays as ``(H, W, C)``).
 
         Example:
             >>> ds = UnlabeledImages(_ListDataset([(np.zeros((4, 4, 3), np.float32), 0)]))
@@ -227,6 +243,8 @@ class UnlabeledImages(Dataset):
         item = self.dataset[index]  # type: ignore[index]
         if isinstance(item, (tuple, list)):
             item = item[0]
+        if self.channels is not None:
+            return _channel_item(item)
         return to_pil(item)
 
 
@@ -426,18 +444,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _check_scan(report: ScanReport, progress: bool) -> None:
-    """Decode ``report.used`` once; move the unreadable files to ``report.skipped`` and warn once."""
-    good, bad = scan_images(report.used, progress=progress)
+def _check_scan(report: ScanReport, progress: bool, channels: int | None = None) -> None:
+    """Decode ``report.used`` once; move the unreadable files to ``report.skipped`` and warn once.
+
+    With ``channels``, files are read as ``warmstart.core.channels`` reads them, and any readable file with
+    another channel count raises (a wrong ``channels=`` is the user's to fix, not a bad file to skip)."""
+    if channels is None:
+        good, bad = scan_images(report.used, progress=progress)
+    else:
+        with ThreadPoolExecutor(max_workers=_SCAN_THREADS) as pool:
+            results = pool.map(_channels.probe, report.used)
+            if progress and len(report.used) >= 500:
+                from tqdm.auto import tqdm
+
+                results = tqdm(results, total=len(report.used), desc="checking images", unit="img")
+            probes = list(results)
+        good = [p for p, (count, _) in zip(report.used, probes) if count is not None]
+        bad = [(p, why) for p, (count, why) in zip(report.used, probes) if count is None]
+        _channels.check_channel_counts([(p, c) for p, (c, _) in zip(report.used, probes) if c is not None],
+                                       channels)
     report.used = good
     report.skipped = sorted(report.skipped + bad, key=lambda item: str(item[0]))
     _warn_skipped(report.skipped, len(good) + len(report.skipped))
 
 
-def _load_readable(files: list[Path], index: int, bad: set[int], scan: ScanReport) -> tuple[int, Image.Image]:
+def _load_readable(files: list[Path], index: int, bad: set[int], scan: ScanReport,
+                   channels: int | None = None) -> tuple[int, Any]:
     """``(i, image)`` for the first readable item from ``index`` on (wrapping around), so a caller serves item
     ``i``'s label with it. Never crash mid-epoch: a failing file is remembered in ``bad``, warned about once,
-    and moved from ``scan.used`` to ``scan.skipped``."""
+    and moved from ``scan.used`` to ``scan.skipped``. With ``channels`` the image is a float (C, H, W) tensor;
+    a file with another channel count raises (it was not checked up front: ``check=False``)."""
     n = len(files)
     if not -n <= index < n:
         raise IndexError(f"index {index} out of range for {n} images")  # ends `for x in dataset` loops
@@ -446,7 +482,10 @@ def _load_readable(files: list[Path], index: int, bad: set[int], scan: ScanRepor
         if i in bad:
             continue
         try:
-            return i, load_rgb(files[i])
+            if channels is not None:
+                image = _channels.to_tensor(_channels.read_array(files[i]))
+            else:
+                return i, load_rgb(files[i])
         except Exception as err:
             if not bad:
                 warnings.warn(f"skipping unreadable image {files[i]} ({type(err).__name__}: {err}); "
@@ -456,7 +495,22 @@ def _load_readable(files: list[Path], index: int, bad: set[int], scan: ScanRepor
             if files[i] in scan.used:
                 scan.used.remove(files[i])
             scan.skipped.append((files[i], "unreadable at load time"))
+            continue
+        _channels.check_channel_counts([(files[i], image.shape[0])], channels)  # type: ignore[arg-type]
+        return i, image
     raise RuntimeError("no image in this dataset can be decoded any more; check the image folder.")
+
+
+def _channel_item(item: Any) -> torch.Tensor:
+    """A Dataset item for ``channels=``: tensors are ``(C, H, W)`` (2-D: one channel), arrays ``(H, W[, C])``."""
+    if isinstance(item, torch.Tensor):
+        x = item[None] if item.ndim == 2 else item
+        if x.ndim != 3:
+            raise ValueError(f"dataset items must be (C, H, W) tensors for channels=, got shape {tuple(item.shape)}")
+        return x.float() if x.dtype != torch.uint8 else x.float().div(255)
+    if isinstance(item, Image.Image):
+        return _channels.to_tensor(_channels._pil_array(item, 16 if item.mode.startswith("I;16") else 8))
+    return _channels.to_tensor(np.asarray(item))
 
 
 def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:

@@ -88,8 +88,11 @@ class ScanReport:
         }
 
 
-def walk_images(root: str | Path) -> ScanReport:
+def walk_images(root: str | Path, extra_suffixes: tuple[str, ...] = ()) -> ScanReport:
     """Walk ``root`` once; image-suffixed files (not yet decoded) go to ``used``, sorted by path.
+
+    ``extra_suffixes`` (lower case, with the dot) count as images too: ``(".npy",)`` when reading arrays for
+    ``channels=`` (``warmstart.core.channels``); the default keeps the RGB scan exactly as it was.
 
     Symlinks are followed once: a file's own path wins over a link to it, a folder reached again is ignored
     ("symlink loop to <path>" when it is an ancestor, else "duplicate of <path>"), a dangling link is
@@ -110,8 +113,9 @@ def walk_images(root: str | Path) -> ScanReport:
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist. Pass the folder that holds your images.")
     report = ScanReport()
+    images = _IMAGE | frozenset(extra_suffixes)
     if not root.is_dir():
-        _classify_file(root, root.suffix.lower(), _is_regular_file(root), None, report)
+        _classify_file(root, root.suffix.lower(), _is_regular_file(root), None, report, images)
         return report
     walked: dict[str, Path] = {}  # real folder -> the path it was walked under
     # (path, lower-case suffix, real path, reached through a link, regular file)
@@ -162,19 +166,20 @@ def walk_images(root: str | Path) -> ScanReport:
     # One item per real file: its own path (not through a link) wins, then the first by name.
     best: dict[str, tuple[bool, str, Path]] = {}  # real file -> (reached through a link, path as text, path)
     for path, suffix, real, via_link, _ in files:
-        if suffix in _IMAGE:
+        if suffix in images:
             candidate = (via_link, str(path), path)
             best[real] = min(best.get(real, candidate), candidate)
     for path, suffix, real, _, regular in files:
-        _classify_file(path, suffix, regular, best[real][2] if real in best else None, report)
+        _classify_file(path, suffix, regular, best[real][2] if real in best else None, report, images)
     report.used.sort(key=str)
     report.skipped.sort(key=lambda item: str(item[0]))
     report.ignored.sort(key=lambda item: str(item[0]))
     return report
 
 
-def _classify_file(path: Path, suffix: str, regular: bool, original: Path | None, report: ScanReport) -> None:
-    if suffix not in _IMAGE:
+def _classify_file(path: Path, suffix: str, regular: bool, original: Path | None, report: ScanReport,
+                   images: frozenset[str] = _IMAGE) -> None:
+    if suffix not in images:
         rule = f"unsupported format {suffix}" if suffix in _UNSUPPORTED else "not an image suffix"
         report.ignored.append((path, rule))
     elif original is not None and original is not path:

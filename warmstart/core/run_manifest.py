@@ -69,7 +69,9 @@ class RunManifest:
         for path in paths:
             path = Path(path)
             full = path if path.is_absolute() else self.root / path
-            if full.is_dir():
+            # A folder adds the files below it (links found inside are skipped: they may lead anywhere); a link
+            # named explicitly (a logger's `latest-run`) is recorded itself, and removing it unlinks only the link.
+            if full.is_dir() and not full.is_symlink():
                 self.add(p for p in full.rglob("*") if p.is_file() and not p.is_symlink())
                 continue
             try:

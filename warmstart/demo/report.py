@@ -47,44 +47,56 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def gains(results: dict) -> dict[float, float]:
-    """Best pretrained method's mean accuracy minus scratch's, per labeled fraction (where both ran).
-
-    Example:
-        >>> rows = [{"fraction": 0.1, "method": "scratch", "accuracy": 0.5},
-        ...         {"fraction": 0.1, "method": "lora", "accuracy": 0.8}]
-        >>> gains({"rows": rows})
-        {0.1: 0.3}
-    """
-    return {f: d["gain"] for f, d in gain_details(results).items()}
+# The headline comparison is fixed before any run (never picked from the results): SSL weights + gradual
+# fine-tuning (GradualUnfreezing head-first + DiscriminativeLR) against the same network from scratch.
+HEADLINE_METHOD = "finetune"
 
 
-def gain_details(results: dict) -> dict[float, dict]:
-    """Per fraction: the best pretrained method (by mean), its mean gain over scratch, the std of the paired
-    per-subset gains, and on how many labeled subsets it beat scratch (the same subset, so the pairing is fair).
+def headline(results: dict, method: str = HEADLINE_METHOD) -> dict[float, dict]:
+    """Per fraction: ``method`` minus scratch on each labeled subset (the same subset for both, so the difference
+    is paired), their mean, sample std, and on how many subsets ``method`` won. Fractions where either did not
+    run are left out.
 
     Example:
         >>> runs = [{"fraction": 0.1, "method": m, "repeat": r, "accuracy": a} for m, r, a in
-        ...         (("scratch", 0, 0.5), ("scratch", 1, 0.6), ("lora", 0, 0.8), ("lora", 1, 0.55))]
-        >>> rows = [{"fraction": 0.1, "method": "scratch", "accuracy": 0.55},
-        ...         {"fraction": 0.1, "method": "lora", "accuracy": 0.675}]
-        >>> gain_details({"rows": rows, "runs": runs})[0.1]
-        {'method': 'lora', 'gain': 0.125, 'gain_std': 0.2475, 'wins': 1, 'repeats': 2}
+        ...         (("scratch", 0, 0.5), ("scratch", 1, 0.6), ("finetune", 0, 0.8), ("finetune", 1, 0.55),
+        ...          ("lora", 0, 0.9), ("lora", 1, 0.9))]
+        >>> headline({"runs": runs})[0.1]
+        {'method': 'finetune', 'diffs': [0.3, -0.05], 'gain': 0.125, 'gain_std': 0.2475, 'wins': 1, 'repeats': 2}
     """
     out = {}
-    for f in dict.fromkeys(r["fraction"] for r in results["rows"]):
-        cell = {r["method"]: r["accuracy"] for r in results["rows"] if r["fraction"] == f}
-        others = {k: v for k, v in cell.items() if k != "scratch"}
-        if "scratch" not in cell or not others:
+    runs = results.get("runs", [])
+    for f in dict.fromkeys(r["fraction"] for r in runs):
+        acc = {(r["method"], r["repeat"]): r["accuracy"] for r in runs if r["fraction"] == f}
+        repeats = sorted(k for (m, k) in acc if m == method and ("scratch", k) in acc)
+        if not repeats:
             continue
-        best = max(others, key=others.get)
-        per_run = {(r["method"], r["repeat"]): r["accuracy"] for r in results.get("runs", []) if r["fraction"] == f}
-        diffs = [per_run[(best, k)] - per_run[("scratch", k)] for (m, k) in per_run
-                 if m == best and ("scratch", k) in per_run]
+        diffs = [round(acc[(method, k)] - acc[("scratch", k)], 4) for k in repeats]
         std = round(float(np.std(diffs, ddof=1)), 4) if len(diffs) > 1 else 0.0
-        out[f] = {"method": best, "gain": round(others[best] - cell["scratch"], 4), "gain_std": std,
+        out[f] = {"method": method, "diffs": diffs, "gain": round(float(np.mean(diffs)), 4), "gain_std": std,
                   "wins": sum(d > 0 for d in diffs), "repeats": len(diffs)}
     return out
+
+
+def format_headline(results: dict, method: str = HEADLINE_METHOD) -> str:
+    """The headline lines ``warmstart demo`` prints: per fraction, the paired per-subset differences.
+
+    Example:
+        >>> runs = [{"fraction": 0.05, "method": m, "repeat": r, "accuracy": a} for m, r, a in
+        ...         (("scratch", 0, 0.5), ("scratch", 1, 0.6), ("finetune", 0, 0.7), ("finetune", 1, 0.55))]
+        >>> print(format_headline({"runs": runs}))
+        headline (declared before the run): finetune minus scratch, paired by labeled subset
+        5% labels: +0.075 mean; per subset +0.200, -0.050; better on 1/2 subsets
+    """
+    details = headline(results, method)
+    if not details:
+        return (f"headline (declared before the run): {method} minus scratch; not measured (run both methods, "
+                f"e.g. --methods scratch,{method})")
+    lines = [f"headline (declared before the run): {method} minus scratch, paired by labeled subset"]
+    for fraction, d in details.items():
+        lines.append(f"{fraction:.0%} labels: {d['gain']:+.3f} mean; per subset "
+                     f"{', '.join(f'{x:+.3f}' for x in d['diffs'])}; better on {d['wins']}/{d['repeats']} subsets")
+    return "\n".join(lines)
 
 
 def write_results(results: dict, out: Path) -> dict[str, Path]:
@@ -98,8 +110,7 @@ def write_results(results: dict, out: Path) -> dict[str, Path]:
         ['plot', 'results', 'table']
     """
     out.mkdir(parents=True, exist_ok=True)
-    results = {**results, "gain_over_scratch": {str(k): v for k, v in gains(results).items()},
-               "gain_details": {str(k): v for k, v in gain_details(results).items()}}
+    results = {**results, "headline": {str(k): v for k, v in headline(results).items()}}
     paths = {"results": out / RESULTS_NAME, "table": out / TABLE_NAME, "plot": out / PLOT_NAME}
     tmp = paths["results"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2))

@@ -26,6 +26,7 @@ _ATTRIBUTES = {
     "FinetunePlan": "plan",
     "plan_optimizer": "plan",
     "PlanOptimizer": "plan",
+    "prepare_checkpointing": "plan",
     "GradualUnfreezing": "unfreezing",
     "llrd_optimizer": "optimizer",
     "LayerDecayOptimizer": "optimizer",
@@ -33,6 +34,7 @@ _ATTRIBUTES = {
     "peft_task_type": "lora",
     "load_pretrained_backbone": "vision",
     "image_classifier_from_export": "vision",
+    "continue_pretraining": "text_pretraining",
 }
 
 __all__ = sorted(_ATTRIBUTES)

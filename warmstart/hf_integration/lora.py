@@ -22,6 +22,8 @@ require("transformers")
 from warmstart.core import lora_config  # noqa: E402
 from warmstart.core.plan import LORA_DEFAULTS  # noqa: E402
 
+from .plan import _enable_input_grads  # noqa: E402
+
 # Architecture-family suffix of the HF class name -> peft task type. The task type decides which PeftModel
 # subclass wraps the model (and which one PeftModel.from_pretrained rebuilds); None -> the generic PeftModel.
 _TASK_SUFFIXES = {
@@ -63,6 +65,9 @@ def apply_lora(model: nn.Module, r: int = LORA_DEFAULTS["r"], alpha: int = LORA_
     a string is a regex. The head group (pooler / final norm + classifier) goes to ``modules_to_save``: fully
     trained and saved with the adapter. Extra ``lora_kwargs`` go to ``peft.LoraConfig`` (e.g. ``use_rslora``).
     ``model`` itself is modified (peft injects into it); save its weights first if you need the original.
+    The embedding output is made to require grad (``enable_input_require_grads``), so the adapters train under
+    ``gradient_checkpointing=True`` with reentrant checkpointing too (the transformers 4.x default); a reentrant
+    model without input embeddings is refused with the fix (``use_reentrant=False``).
     Defaults (``r=8, alpha=16, dropout=0.0``) are the plan's (``warmstart.core.plan.LORA_DEFAULTS``), so
     ``apply_lora(model)`` and ``FinetunePlan(lora={})`` adapt alike. The result composes with ``GradualUnfreezing``
     / ``FinetuneCallback`` (the schedule decides when each group's adapters train) and with ``llrd_optimizer``.
@@ -85,6 +90,9 @@ def apply_lora(model: nn.Module, r: int = LORA_DEFAULTS["r"], alpha: int = LORA_
     config = lora_config(model, r=r, alpha=alpha, targets=targets, dropout=dropout, head=head,
                          task_type=lora_kwargs.pop("task_type", peft_task_type(model)), **lora_kwargs)
     config.modules_to_save = _with_batchnorm(model, config)
+    # The base stays frozen, so under reentrant activation checkpointing (on now or turned on later by the
+    # Trainer) the adapters would get no gradient unless the embedding output requires grad.
+    _enable_input_grads(model, "apply_lora")
     return peft.get_peft_model(model, config)
 
 

@@ -5,12 +5,12 @@ gradual unfreezing could never train them, and (ii) has one lr for every group. 
 
 - ``optimizers=(opt, None)`` works (the Trainer builds its scheduler on our optimizer) but needs the optimizer
   before the Trainer exists, is incompatible with ``model_init`` and fixes the parameter objects early;
-- ``optimizer_cls_and_kwargs=(cls, kwargs)`` with a ``"params"`` kwarg works too, but ``create_optimizer``
-  *pops* ``"params"`` from the stored dict: a second ``Trainer`` built from the same tuple would silently fall
-  back to the default groups;
-- ``optimizer_cls_and_kwargs=(factory, kwargs)`` (transformers >= 5: ``create_optimizer`` calls
-  ``factory()(model, **kwargs)`` for anything that is not an ``Optimizer`` class) hands us the model the Trainer
-  really trains, at the moment it builds the optimizer, and leaves the kwargs untouched. We use this one.
+- ``optimizer_cls_and_kwargs=(cls, kwargs)`` (transformers >= 4.47) builds the optimizer when training starts.
+  Its first element must be a ``torch.optim.Optimizer`` subclass: 4.x calls it as ``cls(default_groups,
+  **kwargs)``, and 5.x calls anything else as a factory ``cls()(model, **kwargs)``. :class:`LayerDecayOptimizer`
+  is such a subclass whose constructor returns the real optimizer built over every parameter of the model the
+  kwargs carry, so one path works on both versions; a ``"params"`` kwarg is avoided because ``create_optimizer``
+  *pops* it from the stored dict (a second ``Trainer`` from the same tuple would silently get the default groups).
 
 In every case the Trainer creates its own scheduler afterwards (``lr_scheduler_type``, warmup, ...): its
 ``LambdaLR`` multiplies each group's own initial ``lr``, so the per-layer ratios hold at every step.
@@ -32,21 +32,22 @@ from warmstart.core.param_groups import check_lr_options  # noqa: E402
 from warmstart.core.plan import FinetunePlan  # noqa: E402
 from warmstart.core.validation import check_finite_positive, check_has_parameters  # noqa: E402
 
-from .plan import PlanOptimizer, _factory, shared_controller  # noqa: E402
+from .plan import _MODEL_KEY, PlanOptimizer, _factory, shared_controller  # noqa: E402
 
 
-def _llrd_plan(layer_decay: float, weight_decay: float, layer_patterns: Sequence[str] | None) -> FinetunePlan:
+def _llrd_plan(layer_decay: float, weight_decay: float | None, layer_patterns: Sequence[str] | None) -> FinetunePlan:
     return FinetunePlan(layer_decay=layer_decay, weight_decay=weight_decay,
                         layer_patterns=list(layer_patterns) if layer_patterns is not None else None)
 
 
-class LayerDecayOptimizer:
-    """Optimizer factory for the Trainer: ``LayerDecayOptimizer()(model, lr=..., ...)`` -> optimizer.
+class LayerDecayOptimizer(PlanOptimizer):
+    """The optimizer class :func:`llrd_optimizer` hands the Trainer; ``LayerDecayOptimizer()(model, ...)`` directly.
 
     A shell over :class:`~warmstart.hf_integration.plan.PlanOptimizer` with the plan fragment
     ``{layer_decay, weight_decay, layer_patterns}``: the model's shared controller builds the param groups (every
     parameter, frozen ones included; an explicit ``lr`` per layer group), head groups first so the
-    ``learning_rate`` the Trainer logs (``param_groups[0]``) is the peak lr you asked for.
+    ``learning_rate`` the Trainer logs (``param_groups[0]``) is the peak lr. ``lr``, ``weight_decay`` and
+    ``optimizer_cls`` left as ``None`` come from the building Trainer's ``TrainingArguments``.
 
     Example:
         >>> import torch.nn as nn
@@ -56,44 +57,45 @@ class LayerDecayOptimizer:
         [('2/decay', 0.001), ('1/decay', 0.0005), ('0/decay', 0.00025)]
     """
 
-    def __call__(self, model: nn.Module, *, lr: float, layer_decay: float = 0.8, weight_decay: float = 0.0,
-                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+    def __call__(self, model: nn.Module, *, lr: float | None = None, layer_decay: float = 0.8,
+                 weight_decay: float | None = None, optimizer_cls: type[torch.optim.Optimizer] | None = None,
                  layer_patterns: Sequence[str] | None = None, **optim_kwargs: Any) -> torch.optim.Optimizer:
         plan = _llrd_plan(layer_decay, weight_decay, layer_patterns).to_dict()
-        return PlanOptimizer()(model, plan=plan, lr=lr, optimizer_cls=optimizer_cls, **optim_kwargs)
+        return super().__call__(model, plan=plan, lr=lr, optimizer_cls=optimizer_cls, **optim_kwargs)
 
 
-def llrd_optimizer(model: nn.Module, lr: float, layer_decay: float = 0.8, weight_decay: float = 0.0,
-                   optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW, *,
+def llrd_optimizer(model: nn.Module, lr: float | None = None, layer_decay: float = 0.8,
+                   weight_decay: float | None = None, optimizer_cls: type[torch.optim.Optimizer] | None = None, *,
                    layer_patterns: Sequence[str] | None = None,
                    **optim_kwargs: Any) -> tuple[type[LayerDecayOptimizer], dict[str, Any]]:
-    """``(factory, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: LLRD over all parameters.
+    """``(LayerDecayOptimizer, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: LLRD over all parameters.
 
     The plan fragment ``FinetunePlan(layer_decay=..., weight_decay=...)`` through the model's shared controller
     (so it composes with ``GradualUnfreezing`` and LoRA on the same model). Group ``i`` of ``n`` layer groups
     (embeddings -> layers -> head) gets ``lr * layer_decay ** (n - 1 - i)``; biases, norm weights and
-    position/class embeddings get no weight decay. ``TrainingArguments.learning_rate``, ``weight_decay`` and
-    ``optim`` are not used with this optimizer (pass them here); the Trainer's scheduler, warmup, clipping and
-    checkpointing are. Validates now (bad numbers, a model without layer structure, unknown optimizer arguments).
-    Adam/AdamW run ``fused=True`` like the Trainer's default ``adamw_torch_fused`` unless you pass ``fused`` or
-    ``foreach``.
+    position/class embeddings get no weight decay. What you leave out comes from the ``TrainingArguments`` when the
+    Trainer builds the optimizer: ``lr`` from ``learning_rate``, ``weight_decay`` from ``weight_decay``, the
+    optimizer class and its arguments from ``optim`` (``adamw_torch``, ``adamw_torch_fused``, ``sgd``,
+    ``adafactor``, ... with ``adam_beta1/2``, ``adam_epsilon``); explicit arguments here win. The Trainer's
+    scheduler, warmup, clipping and checkpointing apply as usual. Validates now (bad numbers, a model without layer
+    structure, unknown optimizer arguments). Works with transformers >= 4.47.
 
     Example:
         >>> import torch.nn as nn
         >>> m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
-        >>> factory, kwargs = llrd_optimizer(m, lr=2e-5, layer_decay=0.9, weight_decay=0.01)
-        >>> kwargs["layer_decay"], factory()(m, **kwargs).param_groups[0]["lr"]
+        >>> cls, kwargs = llrd_optimizer(m, lr=2e-5, layer_decay=0.9, weight_decay=0.01)
+        >>> kwargs["layer_decay"], cls()(m, **kwargs).param_groups[0]["lr"]
         (0.9, 2e-05)
 
-        With a Trainer: ``Trainer(model, args, optimizer_cls_and_kwargs=llrd_optimizer(model, lr=5e-5), ...)``.
+        With a Trainer: ``Trainer(model, TrainingArguments(learning_rate=5e-5, weight_decay=0.01, ...),
+        optimizer_cls_and_kwargs=llrd_optimizer(model, layer_decay=0.8))``.
     """
-    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-        raise ValueError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
-    check_finite_positive("lr", lr)
-    check_lr_options(layer_decay=layer_decay, weight_decay=weight_decay)
+    if lr is not None:
+        check_finite_positive("lr", lr)
+    check_lr_options(layer_decay=layer_decay, weight_decay=0.0 if weight_decay is None else weight_decay)
     check_has_parameters(model, "llrd_optimizer")
     plan = _llrd_plan(layer_decay, weight_decay, layer_patterns)
-    _factory(model, plan, lr, None, optimizer_cls, "optimizer", dict(optim_kwargs))  # validates on the model
+    _, checked = _factory(model, plan, lr, None, optimizer_cls, "optimizer", dict(optim_kwargs))  # validates
     groups = shared_controller(model, plan, "optimizer").group_names
     if len(groups) < 2:
         raise ValueError(
@@ -101,8 +103,6 @@ def llrd_optimizer(model: nn.Module, lr: float, layer_decay: float = 0.8, weight
             f"{groups}), so every parameter would get the same lr. Pass layer_patterns=[...] "
             "(one regex per group, input to output), or use the Trainer's default optimizer."
         )
-    if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam) and not {"fused", "foreach"} & optim_kwargs.keys():
-        optim_kwargs["fused"] = True  # what the Trainer's default optim ("adamw_torch_fused") uses, CPU included
     kwargs = dict(lr=lr, layer_decay=layer_decay, weight_decay=weight_decay, optimizer_cls=optimizer_cls,
                   layer_patterns=list(layer_patterns) if layer_patterns is not None else None, **optim_kwargs)
-    return LayerDecayOptimizer, kwargs
+    return LayerDecayOptimizer, {**kwargs, _MODEL_KEY: checked[_MODEL_KEY]}

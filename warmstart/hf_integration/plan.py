@@ -18,6 +18,7 @@ same model object to its callbacks and to the optimizer factory, so both always 
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,69 @@ def shared_controller(model: nn.Module, plan: FinetunePlan | dict, part: str) ->
     return slot.controller
 
 
+def _is_checkpointing(model: nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on: transformers 5 name first (4.x has only the old one)."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    if flag is None:
+        flag = getattr(model, "is_gradient_checkpointing", False)
+    return bool(flag)
+
+
+def _uses_reentrant(model: nn.Module) -> bool:
+    """Whether the model's checkpoint function is torch's reentrant variant (or may be: not said explicitly)."""
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if func is not None:
+            return getattr(func, "keywords", {}).get("use_reentrant", True) is not False
+    return True
+
+
+def prepare_checkpointing(model: nn.Module, who: str = "warmstart") -> bool:
+    """Make activation checkpointing give gradients to trainable layers that follow frozen ones.
+
+    Reentrant checkpointing (``use_reentrant=True``, the transformers 4.x default) recomputes a block only for
+    inputs that require grad: after a frozen embedding, no input does, so every checkpointed layer gets **no**
+    gradient and silently stays at its initial weights. The HF fix is ``model.enable_input_require_grads()`` (the
+    embedding output then requires grad); it is a no-op for non-reentrant checkpointing and for trainable
+    embeddings. Called by :class:`FinetuneCallback` at train begin (after the Trainer enabled checkpointing) and
+    by ``apply_lora``. Returns whether the hook is in place; a reentrant model without
+    ``enable_input_require_grads`` is refused with the fix.
+
+    Example:
+        >>> import transformers
+        >>> cfg = transformers.BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        ...                               intermediate_size=8, vocab_size=20)
+        >>> m = transformers.BertModel(cfg)
+        >>> prepare_checkpointing(m)  # no checkpointing: nothing to do
+        False
+        >>> m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        >>> prepare_checkpointing(m), m.embeddings(input_ids=torch.tensor([[1, 2]])).requires_grad
+        (True, True)
+    """
+    if not _is_checkpointing(model):
+        return False
+    return _enable_input_grads(model, who)
+
+
+def _enable_input_grads(model: nn.Module, who: str) -> bool:
+    if getattr(model, "_require_grads_hook", None) is None:  # not yet registered (by us, by peft or by the user)
+        enable = getattr(model, "enable_input_require_grads", None)
+        try:
+            if enable is not None:
+                enable()
+        except NotImplementedError:  # transformers 4.x: the model has no get_input_embeddings
+            pass
+    if getattr(model, "_require_grads_hook", None) is not None:
+        return True
+    if _is_checkpointing(model) and _uses_reentrant(model):
+        raise ValueError(
+            f"{who}: {type(model).__name__} uses reentrant activation checkpointing, which gives no gradients to "
+            "trainable layers after frozen ones, and it has no input embeddings to make require grad. Use "
+            "TrainingArguments(gradient_checkpointing_kwargs={'use_reentrant': False}) (or "
+            "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})).")
+    return False
+
+
 def _horizon(state: Any, unit: str) -> float | None:
     """How long the run is, in the plan's unit (``None``: unknown)."""
     if unit == "step":
@@ -88,8 +152,11 @@ def _ddp_finds_unused(args: Any, model: nn.Module) -> bool:
     """What the Trainer will pass as DDP's find_unused_parameters (its rule: unset -> off under checkpointing)."""
     if args.ddp_find_unused_parameters is not None:
         return bool(args.ddp_find_unused_parameters)
-    checkpointing = getattr(model, "is_activation_checkpointing", False)
-    return not (checkpointing or getattr(args, "activation_checkpointing", False))
+    # transformers 5 names it activation_checkpointing; 4.x only has gradient_checkpointing
+    requested = getattr(args, "activation_checkpointing", None)
+    if requested is None:
+        requested = getattr(args, "gradient_checkpointing", False)
+    return not (_is_checkpointing(model) or requested)
 
 
 class FinetuneCallback(TrainerCallback, ExportableState):
@@ -146,6 +213,7 @@ class FinetuneCallback(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, optimizer=None, **kwargs):
         _refuse_sharded(args, type(self).__name__)
         controller = self._bind(model)
+        prepare_checkpointing(model, type(self).__name__)  # the Trainer has enabled checkpointing by now
         saved = self._saved_state(state)
         if saved is not None:
             controller.load_state_dict(saved)  # a different layout or plan raises, naming both
@@ -209,11 +277,21 @@ class FinetuneCallback(TrainerCallback, ExportableState):
         return {"plan": self.plan.to_dict()}
 
 
-class PlanOptimizer:
-    """Optimizer factory for the Trainer: ``PlanOptimizer()(model, plan=..., lr=...)`` -> optimizer.
+# The key under which the optimizer kwargs carry the model: not "model"/"params"/"optimizer_dict", which the
+# Trainer pops from optimizer_cls_and_kwargs for its own optimizers (LOMO, GaLore, layer-wise).
+_MODEL_KEY = "finetune_model"
 
-    The optimizer holds **every** parameter in the controller's param groups (explicit ``lr`` and ``lr_scale`` per
-    ``"<layer group>/<decay|no_decay>"``), head groups first so the lr the Trainer logs is the head's.
+
+class PlanOptimizer(torch.optim.Optimizer):
+    """The optimizer class for ``Trainer(optimizer_cls_and_kwargs=plan_optimizer(...))``: the plan's param groups.
+
+    The Trainer (transformers 4.47 to 5.x) calls ``PlanOptimizer(its_default_groups, **kwargs)``; that builds and
+    returns the real optimizer (an ``optimizer_cls`` instance) over **every** parameter of the model in the kwargs,
+    one group per ``"<layer group>/<decay|no_decay>"`` with an explicit ``lr`` and ``lr_scale``, head groups first
+    so the lr the Trainer logs is the head's. Being an ``Optimizer`` subclass, it takes the same path in both major
+    versions (5.x would call anything else as a factory, 4.x as a class). ``PlanOptimizer()(model, plan=..., ...)``
+    builds the same optimizer directly. Missing ``lr`` / ``weight_decay`` / ``optimizer_cls`` come from the
+    ``TrainingArguments`` of the Trainer that is building the optimizer (see :func:`plan_optimizer`).
 
     Example:
         >>> import torch.nn as nn
@@ -221,38 +299,72 @@ class PlanOptimizer:
         >>> opt = PlanOptimizer()(m, plan={"layer_decay": 0.5}, lr=1e-3)
         >>> [(g["name"], g["lr"]) for g in opt.param_groups if g["name"].endswith("/decay")]
         [('2/decay', 0.001), ('1/decay', 0.0005), ('0/decay', 0.00025)]
+        >>> type(PlanOptimizer(list(m.parameters()), plan={"layer_decay": 0.5}, lr=1e-3, finetune_model=m)).__name__
+        'AdamW'
     """
 
-    def __call__(self, model: nn.Module, *, plan: dict, lr: float, weight_decay: float | None = None,
-                 optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
-                 part: str = "optimizer", **optim_kwargs: Any) -> torch.optim.Optimizer:
-        trainer = _running_trainer()
+    def __new__(cls, params: Any = None, **kwargs: Any) -> Any:
+        if params is None and not kwargs:
+            return super().__new__(cls)  # the direct form: PlanOptimizer()(model, ...)
+        model = kwargs.pop(_MODEL_KEY, None)
+        if model is None:
+            raise ValueError(f"{cls.__name__}(params, ...) is the Trainer's form: build its arguments with "
+                             "plan_optimizer(model, plan) or llrd_optimizer(model, ...), or call "
+                             f"{cls.__name__}()(model, ...) directly.")
+        _check_same_model(params, model, cls.__name__)
+        return cls()(model, **kwargs)  # not a cls instance, so Python does not call __init__ on it
+
+    def __init__(self, params: Any = None, **kwargs: Any) -> None:
+        """The direct form holds no state (the Trainer's form returns another object and never gets here)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __call__(self, model: nn.Module, *, plan: dict, lr: float | None = None, weight_decay: float | None = None,
+                 optimizer_cls: type[torch.optim.Optimizer] | None = None, part: str = "optimizer",
+                 **optim_kwargs: Any) -> torch.optim.Optimizer:
+        if optim_kwargs.pop(_MODEL_KEY, model) is not model:
+            raise ValueError("the optimizer kwargs were built for another model than the one passed here")
+        trainer = _building_trainer()
+        args = trainer.args if trainer is not None else None
         if trainer is not None and trainer.state.global_step:  # resuming: the checkpoint's optimizer state loads
             _check_resume(trainer, model)                     # next, so check its group layout first
         controller = shared_controller(model, plan, part)
+        if lr is None:
+            if args is None:
+                raise ValueError("no lr given and no Trainer is building this optimizer (the lr would come from "
+                                 "TrainingArguments.learning_rate): pass lr=...")
+            lr = args.learning_rate
+        if weight_decay is None and controller.plan.weight_decay is None and args is not None:
+            weight_decay = args.weight_decay  # an explicit or plan weight_decay wins over the Trainer's
+        optimizer_cls, optim_kwargs = _optimizer_kind(optimizer_cls, optim_kwargs, args, model)
         groups = controller.param_groups(lr, weight_decay)
         wd = controller.plan.weight_decay if weight_decay is None else weight_decay
-        return optimizer_cls(groups[::-1], lr=lr, weight_decay=wd or 0.0, **optim_kwargs)
+        return optimizer_cls(groups[::-1], **{**optim_kwargs, "lr": lr, "weight_decay": wd or 0.0})
 
 
 def plan_optimizer(model: nn.Module, plan: FinetunePlan | dict, lr: float | None = None,
                    weight_decay: float | None = None,
-                   optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                   optimizer_cls: type[torch.optim.Optimizer] | None = None,
                    **optim_kwargs: Any) -> tuple[type[PlanOptimizer], dict[str, Any]]:
-    """``(factory, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: the plan's param groups, all parameters.
+    """``(PlanOptimizer, kwargs)`` for ``Trainer(optimizer_cls_and_kwargs=...)``: the plan's groups, all parameters.
 
-    ``lr`` / ``weight_decay`` default to ``TrainingArguments.learning_rate`` / ``weight_decay`` when the Trainer
-    builds the optimizer (the plan's ``weight_decay``, if set, wins over the Trainer's). The factory uses the
-    model's shared controller, so a ``FinetuneCallback`` with the same plan and this optimizer make one set of
-    decisions. Checks the plan against ``model`` now (unknown groups, bad numbers, optimizer arguments the class
-    rejects), before ``Trainer(...)``. Adam/AdamW run ``fused=True`` like the Trainer's default unless you pass
-    ``fused`` or ``foreach``.
+    What is not given here comes from the ``TrainingArguments`` when the Trainer builds the optimizer: ``lr`` from
+    ``learning_rate``; ``weight_decay`` from ``weight_decay`` (the plan's ``weight_decay``, if set, wins); the
+    optimizer class and its arguments from ``optim`` (``adamw_torch``, ``adamw_torch_fused``, ``sgd``,
+    ``adafactor``, ... with ``adam_beta1/2``, ``adam_epsilon``, ``optim_args``), through the Trainer's own
+    ``get_optimizer_cls_and_kwargs``. An ``optim`` that builds its own parameter groups (GaLore, LOMO, layer-wise
+    8-bit, ...) cannot hold the plan's lr per layer group and is refused: pass ``optimizer_cls=``. Outside a Trainer
+    the defaults are ``AdamW(fused=True)`` and ``weight_decay=0``. The class uses the model's shared controller,
+    so a ``FinetuneCallback`` with the same plan and this optimizer make one set of decisions. Checks the plan
+    against ``model`` now (unknown groups, bad numbers, optimizer arguments the class rejects), before
+    ``Trainer(...)``. Works with transformers >= 4.47 (the first with ``optimizer_cls_and_kwargs``).
 
     Example:
         >>> import torch.nn as nn
         >>> m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
-        >>> factory, kwargs = plan_optimizer(m, {"layer_decay": 0.5}, lr=1e-3)
-        >>> [round(g["lr"], 6) for g in factory()(m, **kwargs).param_groups][::2]
+        >>> cls, kwargs = plan_optimizer(m, {"layer_decay": 0.5}, lr=1e-3)
+        >>> [round(g["lr"], 6) for g in cls()(m, **kwargs).param_groups][::2]
         [0.001, 0.0005, 0.00025]
 
         With a Trainer: ``Trainer(model, args, callbacks=[FinetuneCallback(plan)],
@@ -263,41 +375,59 @@ def plan_optimizer(model: nn.Module, plan: FinetunePlan | dict, lr: float | None
 
 def _factory(model: nn.Module, plan: FinetunePlan, lr: float | None, weight_decay: float | None,
              optimizer_cls: Any, part: str, optim_kwargs: dict[str, Any]) -> tuple[type, dict[str, Any]]:
-    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+    if optimizer_cls is not None and not (isinstance(optimizer_cls, type)
+                                          and issubclass(optimizer_cls, torch.optim.Optimizer)):
         raise ValueError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
     check_has_parameters(model, "a fine-tuning plan")
     if lr is not None:
         check_finite_positive("lr", lr)
-    if optimizer_cls in (torch.optim.AdamW, torch.optim.Adam) and not {"fused", "foreach"} & optim_kwargs.keys():
-        optim_kwargs = {**optim_kwargs, "fused": True}  # the Trainer's default optim ("adamw_torch_fused")
     kwargs = dict(plan=plan.to_dict(), optimizer_cls=optimizer_cls, part=part, **optim_kwargs)
-    if lr is not None:
-        kwargs["lr"] = lr
-    if weight_decay is not None:
-        kwargs["weight_decay"] = weight_decay
-    factory = _PlanOptimizerFromTrainer if lr is None or weight_decay is None else PlanOptimizer
+    kwargs.update({k: v for k, v in (("lr", lr), ("weight_decay", weight_decay)) if v is not None})
     try:  # build once on the real parameters (no optimizer state is allocated) so mistakes fail here
         PlanOptimizer()(model, **{"lr": 1e-3, **kwargs})
     except TypeError as err:
-        raise ValueError(f"{optimizer_cls.__name__} rejected the optimizer arguments {optim_kwargs}: {err}") from err
-    return factory, kwargs
+        name = (optimizer_cls or torch.optim.AdamW).__name__
+        raise ValueError(f"{name} rejected the optimizer arguments {optim_kwargs}: {err}") from err
+    return PlanOptimizer, {**kwargs, _MODEL_KEY: model}
 
 
-class _PlanOptimizerFromTrainer(PlanOptimizer):
-    """:class:`PlanOptimizer` that takes a missing ``lr`` / ``weight_decay`` from the running Trainer's arguments."""
+# What TrainingArguments.optim names, when the Trainer's own mapping returns an Optimizer class with these kwargs,
+# cannot take our groups: the Trainer would swap in its own parameters.
+_OWN_GROUPS = {"params", "model", "optimizer_dict"}
 
-    def __call__(self, model: nn.Module, **kwargs: Any) -> torch.optim.Optimizer:
-        trainer = _running_trainer()
-        args = trainer.args if trainer is not None else None
-        if "lr" not in kwargs:
-            if args is None:
-                raise ValueError("plan_optimizer(lr=None) takes the lr from TrainingArguments.learning_rate, but "
-                                 "no Trainer is building this optimizer: pass lr=...")
-            kwargs["lr"] = args.learning_rate
-        if "weight_decay" not in kwargs and args is not None and FinetunePlan.from_dict(kwargs["plan"]).weight_decay \
-                is None:
-            kwargs["weight_decay"] = args.weight_decay
-        return super().__call__(model, **kwargs)
+
+def _optimizer_kind(optimizer_cls: type[torch.optim.Optimizer] | None, optim_kwargs: dict[str, Any], args: Any,
+                    model: nn.Module) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The optimizer class and its arguments: explicit ones, else ``TrainingArguments.optim``, else fused AdamW.
+
+    Example:
+        >>> import torch
+        >>> _optimizer_kind(None, {}, None, torch.nn.Linear(1, 1))
+        (<class 'torch.optim.adamw.AdamW'>, {'fused': True})
+    """
+    if optimizer_cls is None and args is not None:
+        cls, kw = transformers.Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or _OWN_GROUPS & set(kw):
+            raise ValueError(f"TrainingArguments(optim={str(args.optim)!r}) builds its own optimizer or parameter "
+                             "groups, which would drop the plan's lr per layer group: pass optimizer_cls=... (e.g. "
+                             "torch.optim.AdamW) to plan_optimizer / llrd_optimizer, or use optim='adamw_torch'.")
+        kw = {k: v for k, v in kw.items() if k != "lr"}
+        return cls, {**kw, **optim_kwargs}
+    cls = optimizer_cls or torch.optim.AdamW
+    if cls in (torch.optim.AdamW, torch.optim.Adam) and not {"fused", "foreach"} & optim_kwargs.keys():
+        optim_kwargs = {**optim_kwargs, "fused": True}  # the Trainer's default optim ("adamw_torch_fused")
+    return cls, optim_kwargs
+
+
+def _check_same_model(params: Any, model: nn.Module, who: str) -> None:
+    """The Trainer passes its default groups (its model's trainable parameters): they must be ``model``'s."""
+    ours = {id(p) for p in model.parameters()}
+    items = list(params) if not isinstance(params, torch.Tensor) else [params]
+    given = [p for item in items for p in (item["params"] if isinstance(item, dict) else [item])]
+    if any(id(p) not in ours for p in given):
+        raise ValueError(f"the Trainer trains a different model than the one passed to {who}'s builder "
+                         "(plan_optimizer(model, ...) / llrd_optimizer(model, ...)): pass the model the Trainer "
+                         "trains (e.g. the PeftModel from apply_lora), and no model_init.")
 
 
 def _refuse_sharded(args: Any, who: str) -> None:
@@ -318,18 +448,17 @@ def _refuse_sharded(args: Any, who: str) -> None:
                 "DDP (the default with several GPUs under torchrun/accelerate) or on one device.")
 
 
-def _running_trainer() -> Any:
-    """The ``Trainer`` whose ``create_optimizer`` is on the call stack (None: the factory was called directly).
+def _building_trainer() -> Any:
+    """The ``transformers.Trainer`` whose call is building this optimizer (``None``: called outside any Trainer).
 
-    The Trainer calls an optimizer factory with the model only; its arguments (``learning_rate``) and its loaded
-    state (on resume) are read from the Trainer object that is building the optimizer.
+    Neither the 4.x class path nor the 5.x factory path of ``create_optimizer`` hands the optimizer its
+    ``TrainingArguments`` or the Trainer state (needed on resume), so they are read from the nearest Trainer method
+    on the call stack, whatever its name (a subclass may build the optimizer from an override).
     """
-    import inspect
-
-    frame = inspect.currentframe()
+    frame = sys._getframe(1)
     while frame is not None:
         owner = frame.f_locals.get("self")
-        if isinstance(owner, transformers.Trainer) and frame.f_code.co_name == "create_optimizer":
+        if isinstance(owner, transformers.Trainer) and hasattr(owner, "state"):  # not one still in __init__
             return owner
         frame = frame.f_back
     return None

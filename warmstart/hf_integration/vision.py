@@ -116,7 +116,9 @@ def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_m
         hint = _layout_hint(model, path)
         if not hint:
             raise
-        raise ValueError(f"{err}\n{hint}") from err
+        # The layout is the real cause; the loader's own message (often a spurious shape clash between two
+        # unrelated tensors that happen to share a name suffix) is detail.
+        raise ValueError(f"{hint}\n(loader: {err})") from err
 
 
 def _weights_file(folder: Path) -> Path | None:

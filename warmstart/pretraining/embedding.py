@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._optional import require
 from ..core.backbones import IMAGENET_NORMALIZE, Backbone, build_backbone
-from ..core.checkpoints import atomic_write, load_backbone_weights, resolve_weights_path
+from ..core.checkpoints import load_backbone_weights, resolve_weights_path
 from ..core.data import UnlabeledImages
+from .embedding_files import check_format, write_embeddings
 
 
 def eval_transform(image_size: int = 64, normalize: dict | None = IMAGENET_NORMALIZE) -> Callable[[Any], torch.Tensor]:
@@ -53,6 +54,8 @@ def embed(
     num_workers: int = 0,
     progress: bool = True,
     device: str | torch.device | None = None,
+    channels: int | None = None,
+    format: str = "npy",  # noqa: A002 - the CLI's --format
 ) -> np.ndarray:
     """Return the pooled features ``(N, feature_dim)`` (float32) of every readable image in ``data``.
 
@@ -61,7 +64,12 @@ def embed(
     ``weights``' ``backbone.json``. ``weights``: a warmstart export (file or folder) loaded with
     ``load_backbone_weights`` (a missing path raises FileNotFoundError; a damaged file, a ValueError naming it).
     With ``out``, writes ``out/embeddings.npy`` and ``out/files.txt`` (one path per row; unreadable files are
-    skipped with a warning, so they have no row).
+    skipped with a warning, so they have no row). ``format``: ``"npy"`` (that pair), ``"csv"`` (``out/embeddings.csv``:
+    a ``path`` column, then ``embedding_0`` .. ``embedding_{D-1}``) or ``"parquet"`` (the same table, needs
+    ``pyarrow``); see :mod:`warmstart.pretraining.embedding_files`.
+    ``channels``: non-RGB images (see ``warmstart.pretrain``); default: the ``in_channels`` recorded in the
+    weights' ``backbone.json``, else RGB. Such images are normalised with the export's recorded statistics
+    (else statistics computed from ``data``), after a resize and centre crop of the full-precision tensor.
 
     Example:
         >>> import tempfile, numpy as np
@@ -72,10 +80,18 @@ def embed(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    format = check_format(format)  # noqa: A001 - a bad format / missing pyarrow fails before any image is read
     # Data first: a wrong folder should fail before any model is built.
-    dataset = data if isinstance(data, UnlabeledImages) else UnlabeledImages(data, progress=progress)
-    backbone = _backbone(model, weights, image_size)
-    dataset.transform = eval_transform(image_size, backbone.normalize)
+    exported = _export_info(weights)
+    if channels is None:
+        channels = exported.get("in_channels")
+    channels = None if channels in (None, 3) else channels
+    if channels is None:
+        dataset = data if isinstance(data, UnlabeledImages) else UnlabeledImages(data, progress=progress)
+        backbone = _backbone(model, weights, image_size)
+        dataset.transform = eval_transform(image_size, backbone.normalize)
+    else:
+        dataset, backbone = _channel_inputs(data, model, weights, image_size, int(channels), exported, progress)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available()
                                                                           else "cpu")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -96,11 +112,39 @@ def embed(
         backbone.train(was_training)
     result = torch.cat(feats).numpy()
     if out is not None:
-        _write(Path(out), result, dataset)
+        _write(Path(out), result, dataset, format)
     return result
 
 
-def _backbone(model: str | nn.Module | None, weights: str | Path | None, image_size: int) -> Backbone:
+def _export_info(weights: str | Path | None) -> dict:
+    """``info`` of the export's ``backbone.json`` next to ``weights`` (``{}`` when there is none)."""
+    if weights is None:
+        return {}
+    try:  # a missing/damaged weights path is reported later, after the data check, as before
+        meta = resolve_weights_path(weights).parent / "backbone.json"
+        return dict(json.loads(meta.read_text()).get("info") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _channel_inputs(data: Any, model: Any, weights: Any, image_size: int, channels: int, exported: dict,
+                    progress: bool) -> tuple[UnlabeledImages, Backbone]:
+    """Dataset and backbone for non-RGB images: statistics from the export, else from the data."""
+    from ..core.channels import channel_stats, eval_channels_transform
+
+    dataset = data if isinstance(data, UnlabeledImages) else UnlabeledImages(data, progress=progress,
+                                                                              channels=channels)
+    backbone = _backbone(model, weights, image_size, channels)
+    if "normalize" in exported:
+        backbone.info["normalize"] = exported["normalize"]
+    elif "normalize" not in backbone.info and backbone.normalize is not None:
+        backbone.info["normalize"] = channel_stats(dataset)
+    dataset.transform = eval_channels_transform(image_size, backbone.normalize)
+    return dataset, backbone
+
+
+def _backbone(model: str | nn.Module | None, weights: str | Path | None, image_size: int,
+              channels: int | None = None) -> Backbone:
     # Resolve the weights first: a missing or empty folder is the real problem, not the omitted model.
     weights_file = resolve_weights_path(weights) if weights is not None else None
     if model is None:
@@ -112,23 +156,18 @@ def _backbone(model: str | nn.Module | None, weights: str | Path | None, image_s
         if not spec:
             raise ValueError(f"{meta} names no spec (the backbone was a custom module); pass model= explicitly.")
         model = spec
-    backbone = model if isinstance(model, Backbone) else build_backbone(model, image_size=image_size)
+    if channels is not None:
+        backbone = build_backbone(model, image_size=image_size, channels=channels)
+    else:
+        backbone = model if isinstance(model, Backbone) else build_backbone(model, image_size=image_size)
     if weights_file is not None:
         load_backbone_weights(backbone, weights_file)
     return backbone
 
 
-def _write(out: Path, features: np.ndarray, dataset: UnlabeledImages) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    # np.save appends ".npy" to names without it, so write through a file object to keep the temp name.
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, features)
-
-    atomic_write(out / "embeddings.npy", save)
+def _write(out: Path, features: np.ndarray, dataset: UnlabeledImages, format: str) -> Path:  # noqa: A002
     names = [str(p) for p in dataset.files] if dataset.files is not None else [str(i) for i in range(len(dataset))]
-    text = "\n".join(names) + "\n"
-    atomic_write(out / "files.txt", lambda tmp: Path(tmp).write_text(text))
+    return write_embeddings(out, features, names, format)
 
 
 __all__ = ["embed", "eval_transform"]

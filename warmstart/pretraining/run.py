@@ -8,7 +8,9 @@ Output layout (``out/``)::
 
     checkpoints/last.ckpt      Lightning checkpoint (resume with resume=True)
     exported/backbone.safetensors, backbone.pt, backbone.json   native-layout backbone weights
-    logs/csv/version_N/, logs/tensorboard/version_N/            Lightning loggers
+    exported/yolo.pt           (ultralytics/<yaml> models) the whole YOLO model, pretrained backbone in place:
+                               ``YOLO("exported/yolo.pt")`` / ``yolo train model=exported/yolo.pt``
+    logs/csv/version_N/, logs/tensorboard/version_N/            Lightning loggers (``logger=``: + mlflow/, wandb/)
     metrics.csv                all CSV log versions flattened into one file
     summary.json               images seen, files skipped, final loss, wall time, images/s, ...
 """
@@ -34,10 +36,12 @@ from .._optional import require
 from ..core.run_manifest import MANIFEST_NAME, RunManifest, remove_previous_run
 from ..core.ssl import METHODS, get_method
 from .knn import KNNMonitor
+from .loggers import build_loggers, logger_paths, resolve_loggers
 from .run_checkpoint import RunCheckpoint, TrainingInterrupted, parse_every
 from .ssl_data import SSLDataModule, resolve_num_workers
 from .ssl_module import SSLModule
 from .throughput import ThroughputMonitor
+from .yolo_export import export_yolo
 
 L = require("lightning", "lightning")
 
@@ -57,7 +61,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
              transform: Callable | None = None, checkpoint_every: int | str | None = "5min",
              views: str = "auto", global_batch_size: int | None = None,
              accumulate_grad_batches: int | None = None, lr_scaling: str = "none",
-             warmup_epochs: float | None = None, **method_kwargs: Any) -> dict:
+             warmup_epochs: float | None = None, logger: str | Sequence[Any] | None = None,
+             channels: int | None = None, **method_kwargs: Any) -> dict:
     """Pretrain ``model`` on the unlabeled images in ``data`` with ``method``; export its weights to ``out``.
 
     Args:
@@ -101,6 +106,11 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         cache_budget_gb: RAM the cache may use on this machine (split between its local processes); default 25%
             of the RAM available at start. Less than one batch of decoded images is an error.
         callbacks: extra Lightning callbacks.
+        logger: Lightning loggers by name, comma-separated or a list: ``"csv"``, ``"tensorboard"``, ``"mlflow"``,
+            ``"wandb"``, and/or Lightning ``Logger`` objects. Default: csv + tensorboard. CSV is always on
+            (``metrics.csv`` comes from it). Offline by default: MLflow to a file store in ``out/logs/mlflow``
+            (unless ``MLFLOW_TRACKING_URI`` is set), W&B in offline mode in ``out/logs/wandb`` (unless
+            ``WANDB_MODE=online``). A missing package is an ImportError with the pip line before anything runs.
         transform: your own views for your domain (PIL image -> list of view tensors, as many as the method
             expects: 2 for simclr/byol/distillation, e.g. ``lightly.transforms.SimCLRTransform(hf_prob=0, ...)``
             for images where flips change the meaning). Default: the method's own lightly transform.
@@ -109,6 +119,11 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             method's ``view_specs``); ``"pil"``: per image in the DataLoader with the PIL transform; ``"auto"``
             (default): batched on a GPU, PIL on the CPU (measured: batched views ran at 0.87x the PIL path's
             images/s on 2 CPU cores, ``benchmarks/views_throughput.py``) and whenever ``transform`` is given.
+        channels: input channels for non-RGB images (1: X-ray/depth, 4+: multi-band). Files are read at full
+            precision (16-bit kept, ``.npy`` accepted), the backbone's first conv takes ``channels`` inputs, views are
+            geometric + intensity only, and per-channel mean/std computed from the data replace the family's RGB
+            statistics (recorded in ``summary.json`` and ``exported/backbone.json``). Any image with another channel
+            count is an error before training. None (default) or 3: the RGB path. See docs/ssl.md.
         method_kwargs: method options, e.g. ``temperature=0.1`` (see ``warmstart.core.ssl.method_options``).
 
     Returns:
@@ -154,11 +169,15 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if (teacher is not None or teacher_weights is not None) and method != "distillation":
         raise ValueError(f"teacher/teacher_weights are only used by method='distillation', not {method!r}")
     parse_every(checkpoint_every)  # a bad cadence fails now, not after the first epoch
+    logger_choice = resolve_loggers(logger)  # unknown name / missing package: fails now, with the pip line
     if views not in ("auto", "batched", "pil"):
         raise ValueError(f"views must be 'auto', 'batched' or 'pil', got {views!r}")
     if views == "batched" and transform is not None:
         raise ValueError("views='batched' makes the method's own views on the device; a custom transform= is a "
                          "per-image PIL transform: pass views='pil' (or 'auto') with it")
+    channels = _check_channel_options(channels, views, method, val_data, cache)
+    if channels is not None:  # per-image views in the loader; stream from disk (cache="ram" was refused above)
+        views, cache = "pil", "off"
     views = _resolve_views(views, transform, accelerator)
     resolve_num_workers(num_workers)  # a bad value fails now ("auto" is resolved per device by the data module)
     checkpoint = out / "checkpoints" / "last.ckpt"
@@ -166,16 +185,23 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         _check_out(out, checkpoint, resume=resume, overwrite=overwrite)
     from ..core.data import UnlabeledImages
 
-    dataset = UnlabeledImages(data, progress=progress)  # raises a clear error for a missing folder / no images
+    # Raises a clear error for a missing folder / no images (and, with channels, for a wrong channel count).
+    dataset = UnlabeledImages(data, progress=progress, channels=channels)
     knn = KNNMonitor(val_data, image_size=image_size) if val_data is not None else None
     if knn is not None:
         knn.dataset(image_size)  # fail now, not after the first epoch, if the folder has no classes
 
     L.seed_everything(seed, workers=True, verbose=False)  # before building models: same init for the same seed
-    backbone = _build(model, image_size, "model")
+    backbone = _build(model, image_size, "model", channels)
+    if channels is not None:
+        _data_normalize(backbone, dataset)
     if method == "distillation":
         method_kwargs["teacher"] = _teacher(teacher, teacher_weights, image_size)
     ssl_method = get_method(method, backbone, image_size, **method_kwargs)
+    if channels is not None:
+        from ..core.ssl.views import channel_views
+
+        ssl_method.transform = channel_views(ssl_method.view_specs, ssl_method.normalize)
     if transform is not None:
         ssl_method.transform = _check_transform(transform, ssl_method.transform, dataset)
     if views == "batched":
@@ -194,12 +220,10 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if overwrite and not launched_child and not resume:
         _remove_outputs(out)
     manifest = RunManifest.load(out) if resume else RunManifest(out)
-    loggers = [L.pytorch.loggers.CSVLogger(out / "logs", name="csv"),
-               L.pytorch.loggers.TensorBoardLogger(out / "logs", name="tensorboard", default_hp_metric=False)]
+    loggers = build_loggers(logger_choice, out)
 
     def record_outputs() -> None:  # rank 0, after every checkpoint and at the end: what overwrite may remove
-        logger_dirs = [Path(lg.log_dir) for lg in loggers]
-        manifest.add(p for p in [checkpoint, *logger_dirs, out / "exported", out / "metrics.csv",
+        manifest.add(p for p in [checkpoint, *logger_paths(loggers, out), out / "exported", out / "metrics.csv",
                                  out / "summary.json"] if p.exists())
         manifest.save()
 
@@ -246,18 +270,23 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
     run_checkpoint.mid_epoch = trainer.world_size == 1
     # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
+    if channels is not None:  # the RAM cache keeps 8-bit RGB; full-precision channels stream from disk
+        datamodule.cache_info = {"mode": "off", "reason": "channels: images are read at full precision"}
     datamodule.plan_cache(local_processes=trainer.num_devices)
     # ---- train ----------------------------------------------------------------------------------------------
     info = dict(model=model, method=method, views=views, image_size=image_size, batch_size=int(batch_size),
                 epochs=int(epochs), global_batch_size=global_batch, accumulate_grad_batches=accumulate,
                 warmup_fraction=module.warmup_fraction, lr_scaling="explicit" if lr is not None else lr_scaling,
-                resume=resume, lr=module.lr, seed=seed, precision=precision, out=out)
+                resume=resume, lr=module.lr, seed=seed, precision=precision, out=out,
+                loggers=[n if isinstance(n, str) else type(n).__name__ for n in logger_choice])
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
     except TrainingInterrupted as stop:
         throughput.stop()
         if trainer.is_global_zero:  # what was done so far, so a user sees where the run stands
             summary = _summary(trainer, module, datamodule, throughput, knn, **info)
+            if channels is not None:
+                summary.update(channels=channels, normalize=backbone.normalize)
             summary.update(status="interrupted", signal=stop.signum, checkpoint=str(stop.checkpoint))
             _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
             summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
@@ -266,8 +295,13 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         raise
 
     summary = _summary(trainer, module, datamodule, throughput, knn, **info)
+    if channels is not None:  # what fine-tuning must feed the backbone (also in exported/backbone.json)
+        summary.update(channels=channels, normalize=backbone.normalize)
     if trainer.is_global_zero:
         summary["exported"] = {k: str(v) for k, v in module.export(out / "exported").items()}
+        if module.backbone.family == "ultralytics" and module.backbone.info.get("yaml"):
+            # The whole model too, so plain Ultralytics can `YOLO(path)` / `yolo train model=path` from it.
+            summary["exported"]["yolo"] = str(export_yolo(module.backbone, out / "exported"))
         _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
         summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
         _write_json(out / "summary.json", summary)
@@ -369,15 +403,50 @@ def _remove_outputs(out: Path) -> None:
                       stacklevel=3)
 
 
-def _build(spec: str | nn.Module, image_size: int, what: str) -> nn.Module:
+def _build(spec: str | nn.Module, image_size: int, what: str, channels: int | None = None) -> nn.Module:
     from ..core.backbones import Backbone, build_backbone
 
-    if isinstance(spec, Backbone):
+    if isinstance(spec, Backbone) and channels is None:
         return spec
     if not isinstance(spec, (str, nn.Module)):
         raise ValueError(f"{what} must be a spec string like 'torchvision/resnet18' or an nn.Module, got "
                          f"{type(spec).__name__}")
+    if channels is not None:  # only then: RGB builds stay exactly as they were
+        return build_backbone(spec, image_size=image_size, channels=channels)
     return build_backbone(spec, image_size=image_size)
+
+
+def _check_channel_options(channels: Any, views: str, method: str, val_data: Any, cache: str) -> int | None:
+    """``channels`` as an int, or None for RGB (None or 3); options that cannot work with it fail here."""
+    if channels is None:
+        return None
+    from ..core.channels import _check_channels
+
+    if _check_channels(channels) == 3:
+        return None
+    why = None
+    if views == "batched":
+        why = "views='batched' (the on-device views are RGB); use views='pil' or 'auto'"
+    elif method == "distillation":
+        why = "method='distillation' (the teachers read RGB images); use simclr, byol or dino"
+    elif val_data is not None:
+        why = "val_data (the kNN monitor reads RGB images); leave it out and run embed(..., channels=) afterwards"
+    elif cache == "ram":
+        why = "cache='ram' (the cache keeps 8-bit RGB images); use cache='auto' or 'off'"
+    if why:
+        raise ValueError(f"channels={channels} does not work with {why}")
+    return int(channels)
+
+
+def _data_normalize(backbone: nn.Module, dataset: Any) -> None:
+    """Per-channel statistics from the data, unless the family's default is channel-free (Ultralytics: pixels
+    / 255) or the backbone carries its own (``info["normalize"]``): ImageNet's RGB mean/std cannot apply."""
+    from ..core.channels import channel_stats
+
+    info = getattr(backbone, "info", None)
+    if info is None or "normalize" in info or backbone.normalize is None:
+        return
+    info["normalize"] = channel_stats(dataset)
 
 
 def _teacher(teacher: str | nn.Module | None, weights: str | Path | None, image_size: int) -> nn.Module:

@@ -132,7 +132,10 @@ class SeededViews(Dataset):
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
             np.random.seed(seed)
-            torch.manual_seed(seed)
+            # The CPU generator only (what the PIL views draw from and fork_rng restores): torch.manual_seed
+            # would also queue a lazy CUDA/XPU/MTIA reseed, each capturing a stack trace (0.8 ms vs 0.03 ms per
+            # image, measured on 2 busy cores) and leaving the caller's GPU RNG reseeded.
+            torch.default_generator.manual_seed(seed)
             try:
                 return self.dataset[index]
             finally:

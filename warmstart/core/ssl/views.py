@@ -163,3 +163,98 @@ def blur_kernel_size(sigma_max: float) -> int:
         13
     """
     return 2 * math.ceil(3 * float(sigma_max)) + 1
+
+
+# ------------------------------------------------------------------------------- views for non-RGB channels
+# For 1-channel (X-ray, depth) and multi-band (satellite) images, made per image from float (C, H, W) tensors
+# (``warmstart.core.channels``). From a ViewSpec we keep what means the same for any channel count: the crop,
+# flips, rotation, Gaussian blur and additive noise. Colour jitter becomes an *intensity* jitter: one brightness
+# factor (multiplies every channel) and one contrast factor (blends every channel with its own mean), drawn per
+# image and shared by all channels, so ratios between bands (NDVI-like indices) keep their meaning. Saturation,
+# hue and grayscale (colour operations) and solarization (inverting above a mid-grey that raw 16-bit or float
+# data does not have) are left out. Nothing is clipped: floats keep their stored range.
+
+
+class _IntensityJitter:
+    """With probability ``prob``: brightness x U[1-b, 1+b] and contrast U[1-c, 1+c] around each channel's mean,
+    in random order, one factor per image shared by all channels (global torch RNG, seeded per image)."""
+
+    def __init__(self, prob: float, brightness: float, contrast: float) -> None:
+        self.prob, self.brightness, self.contrast = prob, brightness, contrast
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.prob <= 0 or float(torch.rand(())) >= self.prob:
+            return x
+        b = 1 + self.brightness * (2 * float(torch.rand(())) - 1)
+        c = 1 + self.contrast * (2 * float(torch.rand(())) - 1)
+        ops = [lambda t: t * max(b, 0.0), lambda t: max(c, 0.0) * t + (1 - max(c, 0.0)) * t.mean((-2, -1), True)]
+        for i in torch.randperm(2).tolist():
+            x = ops[i](x)
+        return x
+
+
+class _RandomBlur:
+    """Gaussian blur with sigma ~ U[sigmas] with probability ``prob`` (any channel count)."""
+
+    def __init__(self, prob: float, sigmas: tuple[float, float], size: int) -> None:
+        self.prob, self.sigmas = prob, tuple(sigmas)
+        self.kernel = min(blur_kernel_size(self.sigmas[1]), 2 * ((int(size) - 1) // 2) + 1)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.prob <= 0 or float(torch.rand(())) >= self.prob:
+            return x
+        F = require("torchvision.transforms.functional", "ssl")
+        lo, hi = self.sigmas
+        sigma = lo + (hi - lo) * float(torch.rand(()))
+        return F.gaussian_blur(x, [self.kernel, self.kernel], [sigma, sigma])
+
+
+class _AddNoise(_GaussianNoise):
+    """Additive N(0, std) noise, not clipped (float data keeps its range)."""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.prob > 0 and float(torch.rand(())) < self.prob:
+            return x + self.std * torch.randn_like(x)
+        return x
+
+
+def channel_view(spec: ViewSpec, normalize: dict | None) -> Callable:
+    """One view of a float ``(C, H, W)`` tensor of any channel count: crop, flips, rotation, intensity jitter,
+    blur, noise (see the comment above for what is left out and why), then per-channel normalisation.
+
+    Example:
+        >>> import torch
+        >>> view = channel_view(ViewSpec(size=8), {"mean": [0.5] * 5, "std": [0.25] * 5})
+        >>> tuple(view(torch.rand(5, 16, 16)).shape)
+        (5, 8, 8)
+    """
+    T = require("torchvision.transforms", "ssl")
+    rotation = require("lightly.transforms.rotation", "ssl")
+    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[spec.interpolation]
+    steps = [
+        T.RandomResizedCrop(size=spec.size, scale=tuple(spec.scale), ratio=tuple(spec.ratio), interpolation=mode,
+                            antialias=True),
+        T.RandomHorizontalFlip(p=spec.hf_prob),
+        T.RandomVerticalFlip(p=spec.vf_prob),
+        rotation.random_rotation_transform(rr_prob=spec.rr_prob, rr_degrees=spec.rr_degrees),
+        _IntensityJitter(spec.cj_prob, spec.cj_bright, spec.cj_contrast),
+        _RandomBlur(spec.blur_prob, spec.sigmas, spec.size),
+    ]
+    if spec.noise_prob > 0 and spec.noise_std > 0:
+        steps.append(_AddNoise(spec.noise_prob, spec.noise_std))
+    if normalize:
+        steps.append(T.Normalize(mean=normalize["mean"], std=normalize["std"]))
+    return T.Compose(steps)
+
+
+def channel_views(specs: Sequence[ViewSpec], normalize: dict | None) -> Callable:
+    """The multi-view transform for non-RGB images: float ``(C, H, W)`` tensor -> list of views, one per spec.
+
+    Example:
+        >>> import torch
+        >>> views = channel_views([ViewSpec(size=8), ViewSpec(size=4)], None)(torch.rand(1, 16, 16))
+        >>> [tuple(v.shape) for v in views]
+        [(1, 8, 8), (1, 4, 4)]
+    """
+    multi_view = require("lightly.transforms.multi_view_transform", "ssl")
+    return multi_view.MultiViewTransform([channel_view(spec, normalize) for spec in specs])

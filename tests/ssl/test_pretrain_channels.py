@@ -1,0 +1,151 @@
+"""``warmstart.pretrain(..., channels=N)`` end to end with a real Lightning run: 1-channel 16-bit PNGs on a
+torchvision ResNet, 4-band 16-bit arrays/TIFF pages on a timm ResNet; the stem takes N channels, weights move,
+statistics come from the data and are recorded, the export loads back natively; bad input fails before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from ssl_helpers import one_thread  # noqa: F401 (autouse fixture)
+from torch import nn
+
+from warmstart.core.backbones import build_backbone
+from warmstart.core.channels import channel_stats, conv_in_channels
+from warmstart.core.checkpoints import load_backbone_weights
+from warmstart.core.data import UnlabeledImages
+from warmstart.pretraining import embed, pretrain
+
+RUN = dict(epochs=1, batch_size=8, image_size=32, progress=False, accelerator="cpu", devices=1, num_workers=0,
+           checkpoint_every=None)
+
+
+def _scenes(n: int, channels: int, seed: int = 0) -> np.ndarray:
+    """``n`` uint16 images (H, W, C): a random bright square on a ramp, each band scaled differently."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 20_000, 40)[None, :].repeat(40, 0)
+    out = np.empty((n, 40, 40, channels), np.uint16)
+    for i in range(n):
+        img = ramp.copy()
+        top, left, side = rng.integers(0, 24), rng.integers(0, 24), rng.integers(8, 16)
+        img[top:top + side, left:left + side] += 30_000 + rng.integers(0, 10_000)
+        for c in range(channels):
+            out[i, :, :, c] = np.clip(img * (0.6 + 0.2 * c) + rng.normal(0, 300, img.shape), 0, 65535)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gray16(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("xray")
+    for i, img in enumerate(_scenes(24, 1)):
+        Image.fromarray(img[:, :, 0]).save(root / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bands4(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("satellite")
+    for i, img in enumerate(_scenes(24, 4, seed=1)):
+        if i % 3:
+            np.save(root / f"{i:03d}.npy", img)
+        else:  # one 16-bit band per TIFF page
+            pages = [Image.fromarray(np.ascontiguousarray(img[:, :, c])) for c in range(4)]
+            pages[0].save(root / f"{i:03d}.tif", save_all=True, append_images=pages[1:])
+    return root
+
+
+def test_one_channel_16_bit_pngs_on_a_torchvision_resnet(gray16: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    backbone = build_backbone("torchvision/resnet18", image_size=32, channels=1)
+    before = {k: v.clone() for k, v in backbone.native_state_dict().items()}
+    out = tmp_path / "run"
+    summary = pretrain(out, gray16, backbone, method="simclr", channels=1, **RUN)
+
+    assert summary["status"] == "completed" and summary["steps"] == 3 and summary["channels"] == 1
+    expected = channel_stats(UnlabeledImages(gray16, channels=1, progress=False))
+    assert summary["normalize"] == expected and len(expected["mean"]) == 1
+    assert 0.05 < expected["mean"][0] < 0.95  # 16-bit values scaled by 65535, not clipped at 255
+    meta = json.loads((out / "exported" / "backbone.json").read_text())
+    assert meta["info"]["in_channels"] == 1 and meta["info"]["normalize"] == expected
+    assert json.loads((out / "summary.json").read_text())["normalize"] == expected
+
+    state = load_file(out / "exported" / "backbone.safetensors")
+    assert state["conv1.weight"].shape == (64, 1, 7, 7)
+    assert not torch.equal(state["conv1.weight"], before["conv1.weight"])
+    assert not torch.equal(state["layer4.1.conv2.weight"], before["layer4.1.conv2.weight"])
+
+    # Native torchvision, stem rebuilt for 1 channel: everything but the classifier loads.
+    import torchvision
+
+    native = torchvision.models.resnet18()
+    native.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    result = native.load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    rebuilt = build_backbone("torchvision/resnet18", image_size=32, channels=1)
+    load_backbone_weights(rebuilt, out / "exported")
+    assert conv_in_channels(rebuilt.model) == 1 and torch.equal(rebuilt.model.conv1.weight, state["conv1.weight"])
+
+    # embed reads the channel count and statistics from the export's backbone.json.
+    feats = embed(gray16, None, weights=out / "exported", image_size=32, progress=False, device="cpu")
+    assert feats.shape == (24, 512) and np.isfinite(feats).all()
+    from warmstart.cli import main
+
+    assert main(["embed", "--data", str(gray16), "--weights", str(out / "exported"), "--out", str(tmp_path / "emb"),
+                 "--image-size", "32", "--channels", "1", "--no-progress"]) == 0
+    assert np.allclose(np.load(tmp_path / "emb" / "embeddings.npy"), feats, atol=1e-5)
+
+
+def test_four_band_images_on_a_timm_model(bands4: Path, tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    out = tmp_path / "run"
+    summary = pretrain(out, bands4, "timm/test_resnet", method="byol", channels=4, **RUN)
+    assert summary["steps"] == 3 and summary["channels"] == 4 and len(summary["normalize"]["std"]) == 4
+    assert summary["data_files"]["used"] == 24  # .npy arrays and multi-page TIFFs both used
+    means = summary["normalize"]["mean"]
+    assert means == sorted(means) and means[0] < means[3]  # the bands' own statistics, not ImageNet's RGB ones
+
+    state = load_file(out / "exported" / "backbone.safetensors")
+    native = timm.create_model("test_resnet", in_chans=4, num_classes=0, pretrained=False)
+    stem = next(k for k in state if k.endswith(".weight") and state[k].ndim == 4)
+    assert state[stem].shape[1] == 4
+    native.load_state_dict(state)  # strict: the export is exactly timm's own layout for in_chans=4
+    import lightning as L
+
+    L.seed_everything(0, verbose=False)  # what pretrain(seed=0) does before building: the same initial weights
+    initial = build_backbone("timm/test_resnet", image_size=32, channels=4).native_state_dict()
+    assert not torch.equal(initial[stem], state[stem])
+    assert conv_in_channels(native) == 4 and native(torch.rand(2, 4, 32, 32)).shape[0] == 2
+
+
+def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for p in sorted(gray16.iterdir())[:8]:
+        (mixed / p.name).write_bytes(p.read_bytes())
+    Image.new("RGB", (40, 40)).save(mixed / "colour.png")
+    cases = [
+        (dict(data=mixed, model="torchvision/resnet18", channels=1), r"1 of 9 images do not have channels=1.*colour"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=4), r"24 of 24 images do not have channels=4"),
+        (dict(data=gray16, model=nn.Sequential(nn.Flatten(), nn.LazyLinear(8)), channels=1), "no Conv2d stem"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=1, views="batched"), "views='batched'"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=1, method="distillation",
+              teacher="efficientnet_lite0"), "distillation"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=1, val_data=gray16), "val_data"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=-1), "channels must be a whole number"),
+    ]
+    for i, (kwargs, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        with pytest.raises(ValueError, match=message):
+            pretrain(out, **{**RUN, **kwargs})
+        assert not (out / "checkpoints").exists()
+
+    from warmstart.cli import main
+
+    code = main(["pretrain", "--data", str(mixed), "--model", "torchvision/resnet18", "--out",
+                 str(tmp_path / "cli"), "--channels", "1", "--epochs", "1", "--no-progress"])
+    assert code == 2 and not (tmp_path / "cli" / "checkpoints").exists()
