@@ -92,8 +92,12 @@ def _backbone():
     return net
 
 
-def bare_loop(data: Path, batch_size: int, epochs: int, image_size: int, num_workers: int) -> dict:
+def bare_loop(data: Path, batch_size: int, epochs: int, image_size: int, num_workers: int, *,
+              fused: bool = False) -> dict:
     """The loop a lightly user writes by hand; returns images trained and training seconds.
+
+    ``fused=True`` uses the fused CPU AdamW kernel exactly when warmstart's SSLModule does (``ssl_throughput.py``
+    compares the framework alone); the default is torch's plain AdamW, as a user writes it.
 
     Example:
         >>> import tempfile
@@ -120,9 +124,14 @@ def bare_loop(data: Path, batch_size: int, epochs: int, image_size: int, num_wor
     backbone, (head, criterion) = _backbone(), _head_and_loss()
     transform = SimCLRTransform(input_size=image_size, min_scale=MIN_SCALE, cj_strength=CJ_STRENGTH,
                                 gaussian_blur=0.0)
-    loader = DataLoader(Files(sorted(data.glob("*.png")), transform), batch_size=batch_size, shuffle=True,
+    loader = DataLoader(Files(sorted(data.rglob("*.png")), transform), batch_size=batch_size, shuffle=True,
                         drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0)
-    opt = torch.optim.AdamW([*backbone.parameters(), *head.parameters()], lr=1e-3, weight_decay=1e-4)
+    params = [*backbone.parameters(), *head.parameters()]
+    if fused:
+        from warmstart.pretraining.ssl_module import fused_kernels_fit
+
+        fused = fused_kernels_fit(params)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, fused=fused or None)
     backbone.train()
     head.train()
     images, start = 0, time.perf_counter()
