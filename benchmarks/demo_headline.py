@@ -1,10 +1,11 @@
-"""The demo's headline, recorded: SSL pretraining + gradual fine-tuning vs scratch on digits, paired by subset.
+"""The demo's headline, recorded: SSL pretraining + the declared few-label recipe vs scratch on digits, by subset.
 
 Runs ``warmstart demo``'s experiment (``warmstart.demo.experiment.run_experiment``, default size unless options
 say otherwise) and keeps every single run. The headline method is declared before the run
-(``warmstart.demo.report.HEADLINE_METHOD``, gradual fine-tuning); the table shows, per labeled fraction, scratch's
-and that method's accuracy on each labeled subset, their paired differences, the mean and the wins. The other
-methods (probe, lora) are run and kept in the JSON but never promoted to the headline.
+(``warmstart.demo.report.HEADLINE_METHOD``: ``finetune``, i.e. ``warmstart.core.recipes.FEW_LABEL_FINETUNE``); the
+table shows, per labeled fraction, scratch's and that method's accuracy on each labeled subset, their paired
+differences, the mean and the wins. The other methods (probe, lora) are run and kept in the JSON but never
+promoted to the headline.
 
     python benchmarks/demo_headline.py [--repeats 3] [--seed 0] [--quick]
 """

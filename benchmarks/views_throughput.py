@@ -1,23 +1,27 @@
-"""Training throughput of PIL views (per image, in the DataLoader) vs batched views (on the device, per batch).
+"""Training throughput on the CPU: PIL views in a DataLoader worker vs batched views, with and without the worker.
 
-Both arms run ``warmstart.pretrain`` (SimCLR, torchvision resnet18, 32 px, batch 64) for whole epochs on the same
-folder of 32 px PNGs and report the summary's ``images_per_s`` (the training loop only, setup excluded). The arms
-are interleaved (pil, batched, pil, batched, ...) so drift in the machine's load hits both alike; every pair's
-ratio batched/pil is printed, then the median. On a CPU the batched views run on the same cores as the model, so
-the gain is the per-image Python/PIL overhead saved; on a GPU the views also leave the CPU entirely (not measured
-here).
+Three arms, each ``warmstart.pretrain`` (SimCLR, torchvision resnet18, 32 px, batch 64, RAM cache) for whole epochs
+on the same folder of 32 px PNGs, reporting the summary's ``images_per_s`` (the training loop, epoch-end
+checkpoints included). One change per arm:
 
-Usage: python benchmarks/views_throughput.py [--pairs 3] [--images 512] [--epochs 2] [--threads N] [--workers 0]
+- ``pil``: PIL views per image in ``W`` DataLoader workers (``W`` = what ``num_workers="auto"`` gives the PIL
+  path here: cores - 1), the CPU default before this benchmark;
+- ``batched``: the same ``W`` workers, views made a batch at a time with kornia in the training process;
+- ``batched_no_workers``: batched views, 0 workers (the loader only gathers cached tensors): today's default
+  (``views="auto"``, ``num_workers="auto"``).
+
+Arms rotate order from round to round so drift in the machine's load hits all alike; every round's ratios are
+kept. On a GPU the batched views also leave the CPU entirely (not measured here).
+
+Usage: python benchmarks/views_throughput.py [--rounds 3] [--images 512] [--epochs 2] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -28,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import Recorder, spread  # noqa: E402
 
 from warmstart import pretrain  # noqa: E402
+from warmstart.pretraining.ssl_data import resolve_num_workers  # noqa: E402
 from warmstart.testing import write_image_folder  # noqa: E402
 
 
@@ -40,65 +45,72 @@ def photos(n: int, size: int, seed: int = 0) -> np.ndarray:
     return ((0.5 + 0.4 * waves).transpose(0, 2, 3, 1) * 255).astype(np.uint8)
 
 
-def run(arm: str, data: Path, args: argparse.Namespace) -> float:
+ARMS = ("pil", "batched", "batched_no_workers")
+# (numerator, denominator, what the ratio isolates)
+RATIOS = (("batched", "pil", "views in batches instead of per image (same workers)"),
+          ("batched_no_workers", "batched", "no DataLoader worker (same batched views)"),
+          ("batched_no_workers", "pil", "today's default vs the previous CPU default"))
+
+
+def run(arm: str, data: Path, workers: int, epochs: int) -> float:
     out = Path(tempfile.mkdtemp(prefix=f"views_{arm}_"))
-    summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=args.epochs, batch_size=64,
-                       image_size=32, accelerator="cpu", devices=1, progress=False, views=arm,
-                       num_workers=args.workers, checkpoint_every=0)
+    views = "pil" if arm == "pil" else "batched"
+    summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=epochs, batch_size=64,
+                       image_size=32, accelerator="cpu", devices=1, progress=False, views=views,
+                       num_workers=0 if arm == "batched_no_workers" else workers, cache="ram")
     return float(summary["images_per_s"])
 
 
 def summarize(runs: list[dict], config: dict) -> dict:
-    """Per-pair ratio batched / pil images/s (median, min..max) and each arm's images/s.
+    """Per-round ratios of the arms' images/s (median, min..max) and each arm's images/s.
 
     Example:
-        >>> runs = [{"pair": 0, "arm": a, "images_per_s": v} for a, v in (("pil", 10.0), ("batched", 12.0))]
-        >>> summarize(runs, {"images": 8, "epochs": 1, "pairs": 1, "workers": 0})["rows"][0][1]
-        '1.200 (1.200..1.200, n=1)'
+        >>> runs = [{"round": 0, "arm": a, "images_per_s": v}
+        ...         for a, v in (("pil", 10.0), ("batched", 12.0), ("batched_no_workers", 15.0))]
+        >>> [r[1] for r in summarize(runs, {"images": 8, "epochs": 1, "rounds": 1, "workers": 1})["rows"][:3]]
+        ['1.200 (1.200..1.200, n=1)', '1.250 (1.250..1.250, n=1)', '1.500 (1.500..1.500, n=1)']
     """
-    ips = {(r["pair"], r["arm"]): r["images_per_s"] for r in runs}
-    pairs = sorted({p for p, _ in ips if (p, "pil") in ips and (p, "batched") in ips})
-    ratios = [ips[(p, "batched")] / ips[(p, "pil")] for p in pairs]
-    rows = [["batched / pil views, images/s", spread(ratios), ", ".join(f"{x:.3f}" for x in ratios)]]
-    for arm in ("pil", "batched"):
-        values = [ips[(p, arm)] for p in pairs]
+    ips = {(r["round"], r["arm"]): r["images_per_s"] for r in runs}
+    rounds = sorted({k for k, _ in ips if all((k, arm) in ips for arm in ARMS)})
+    rows = []
+    for top, bottom, what in RATIOS:
+        ratios = [ips[(k, top)] / ips[(k, bottom)] for k in rounds]
+        rows.append([f"{top} / {bottom} images/s: {what}", spread(ratios), ", ".join(f"{x:.3f}" for x in ratios)])
+    for arm in ARMS:
+        values = [ips[(k, arm)] for k in rounds]
         rows.append([f"{arm} images/s", spread(values, "{:.1f}"), ", ".join(f"{v:.1f}" for v in values)])
-    return {"title": f"Views on the CPU: SimCLR, resnet18, 32 px, batch 64, {config['images']} images x "
-                     f"{config['epochs']} epochs per run, {config['workers']} workers, {config['pairs']} "
-                     "interleaved pairs",
-            "columns": ["what", "median (min..max)", "per pair"], "rows": rows}
+    return {"title": f"Views on the CPU: SimCLR, resnet18, 32 px, batch 64, RAM cache, {config['images']} images x "
+                     f"{config['epochs']} epochs per run, {config['workers']} worker(s) where used, "
+                     f"{config['rounds']} rounds (arm order rotates)",
+            "columns": ["what", "median (min..max)", "per round"], "rows": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for both arms")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    recorder = Recorder("views_throughput", {**vars(args), "threads": torch.get_num_threads()})
+    workers = max(1, resolve_num_workers("auto"))
+    recorder = Recorder("views_throughput", {**vars(args), "threads": torch.get_num_threads(), "workers": workers})
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     data = write_image_folder(photos(args.images, 32), None, Path(tempfile.mkdtemp(prefix="views_data_")))
     print(f"resnet18 SimCLR, 32 px, batch 64, {args.images} images x {args.epochs} epochs per run, "
-          f"{torch.get_num_threads()} threads, {args.workers} workers")
-    ratios, runs = [], []
-    for pair in range(args.pairs):
-        start = time.perf_counter()
-        got = {}
-        for order, arm in enumerate(("pil", "batched") if pair % 2 == 0 else ("batched", "pil")):
-            got[arm] = run(arm, data, args)
-            runs.append({"pair": pair, "arm": arm, "order": order, "images_per_s": round(got[arm], 2)})
-        pil, batched = got["pil"], got["batched"]
-        ratios.append(batched / pil)
-        print(f"pair {pair + 1}: pil {pil:7.1f} img/s  batched {batched:7.1f} img/s  ratio {ratios[-1]:.3f}  "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
-    print(f"median ratio batched/pil over {len(ratios)} pairs: {statistics.median(ratios):.3f} "
-          f"(all: {', '.join(f'{r:.3f}' for r in ratios)})")
+          f"{torch.get_num_threads()} threads, {workers} worker(s) where used")
+    runs = []
+    for k in range(args.rounds):
+        order = ARMS[k % len(ARMS):] + ARMS[:k % len(ARMS)]
+        for position, arm in enumerate(order):
+            value = run(arm, data, workers, args.epochs)
+            runs.append({"round": k, "arm": arm, "position": position, "images_per_s": round(value, 2)})
+            print(f"round {k + 1} {arm:>20}: {value:7.1f} img/s", flush=True)
     recorder.write(runs, summarize)
+    for row in summarize(runs, recorder.config)["rows"]:
+        print(f"{row[0]}: {row[1]}")
 
 
 if __name__ == "__main__":

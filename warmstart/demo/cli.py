@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """
     parser.description = (
         "Self-supervised pretraining of a small CNN on scikit-learn's digits (labels unused), then fine-tuning "
-        "with few labels (Freeze / GradualUnfreezing + DiscriminativeLR / LoRA callbacks) vs the same network "
+        "with few labels (Freeze / the declared Finetune recipe / LoRA callbacks) vs the same network "
         "trained from scratch with the same budget. Prints a table and the headline declared before the run "
         "(finetune minus scratch, paired by labeled subset), and writes results.json, table.txt and "
         "accuracy_vs_labels.png to --out. Offline; about 2.5 minutes on 2 CPU cores (--quick: under 1).")
@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--fractions", type=_fractions, default=None,
         help="labeled fractions of the training pool, comma-separated (default 0.01,0.05,0.2)")
     add("--methods", type=_methods, default=None,
-        help="fine-tuning methods, comma-separated: " + "; ".join(f"{k} = {v}" for k, v in METHODS.items())
+        # argparse %-formats help strings: a literal % in a description must be doubled
+        help="fine-tuning methods, comma-separated: " + "; ".join(f"{k} = {v}".replace("%", "%%")
+                                                                   for k, v in METHODS.items())
         + " (default: all)")
     add("--method", default="simclr", choices=("simclr", "byol", "dino"), help="self-supervised pretraining method")
     add("--pretrain-epochs", type=int, default=None, help="SSL epochs over the unlabeled pool (default 30)")

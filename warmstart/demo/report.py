@@ -47,8 +47,8 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-# The headline comparison is fixed before any run (never picked from the results): SSL weights + gradual
-# fine-tuning (GradualUnfreezing head-first + DiscriminativeLR) against the same network from scratch.
+# The headline comparison is fixed before any run (never picked from the results): SSL weights + the declared
+# few-label recipe (warmstart.core.recipes.FEW_LABEL_FINETUNE) against the same network from scratch.
 HEADLINE_METHOD = "finetune"
 
 

@@ -11,9 +11,9 @@ Here every image draws one fixed-size block of uniforms from its own ``torch.Gen
 ``(seed, epoch, index)`` (the same seed :class:`~warmstart.pretraining.ssl_data.SeededViews` uses), and the block
 is mapped to parameters vectorised over the batch. The views of an image then depend on nothing else, so a run
 killed mid-epoch resumes to bit-identical weights, and the global RNG is never touched. The image operations are
-kornia's kernels (``crop_and_resize``, ``rotate``, ``adjust_hue``, ``gaussian_blur2d``, ``rgb_to_grayscale``), the
-same ones ``kornia.augmentation`` calls; brightness, contrast and saturation use torchvision's blend formulas so
-the statistics match the PIL path's ``ColorJitter``.
+kornia's kernels (``crop_and_resize``, ``rotate``, ``gaussian_blur2d``), the same ones ``kornia.augmentation``
+calls; brightness, contrast, saturation and hue use torchvision's formulas (hue in a closed form, ``shift_hue``)
+so the statistics match the PIL path's ``ColorJitter``.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class BatchedViews:
         if spec.cj_prob > 0:
             out = _color_jitter(out, spec, u, kornia)
         if spec.gray_prob > 0:
-            gray = kornia.color.rgb_to_grayscale(out).expand_as(out)
+            gray = _gray(out).expand_as(out)
             out = torch.where((u[:, _GRAY] < spec.gray_prob)[:, None, None, None], gray, out)
         if spec.blur_prob > 0:
             chosen = (u[:, _BLUR] < spec.blur_prob).nonzero().flatten()
@@ -220,33 +220,64 @@ def _rotate(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
 
 
 def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
-    """torchvision's ColorJitter per image: factors, a random order of the 4 operations, applied with cj_prob."""
-    factors = {}
-    for key, amount, slot in (("b", spec.cj_bright, _B), ("c", spec.cj_contrast, _C), ("s", spec.cj_sat, _S)):
-        lo, hi = max(0.0, 1 - amount), 1 + amount
-        factors[key] = (lo + (hi - lo) * u[:, slot]).to(x.dtype)[:, None, None, None]
-    hue = ((2 * u[:, _H] - 1) * spec.cj_hue).to(x.dtype)
+    """torchvision's ColorJitter per image: factors, a random order of the 4 operations, applied with cj_prob.
+
+    Brightness, contrast and saturation run on the whole batch at every position of the order, with factor 1
+    (an exact identity on [0, 1] images) for the images whose operation at that position is another one: three
+    cheap full-batch blends instead of gathering and scattering row subsets. Hue (an HSV round trip, the costly
+    one) runs on the rows that take it at that position only.
+    """
     order = u[:, _ORDER:_ORDER + 4].argsort(1)
     apply = u[:, _CJ] < spec.cj_prob
+    factors = []
+    for amount, slot in ((spec.cj_bright, _B), (spec.cj_contrast, _C), (spec.cj_sat, _S)):
+        lo, hi = max(0.0, 1 - amount), 1 + amount
+        factors.append((lo + (hi - lo) * u[:, slot]).to(x.dtype))
+    hue = ((2 * u[:, _H] - 1) * spec.cj_hue).to(x.dtype)
+    one = torch.ones((), dtype=x.dtype, device=x.device)
     out = x
     for position in range(4):
-        for op in range(4):
-            rows = ((order[:, position] == op) & apply).nonzero().flatten()
-            if not rows.numel() or (op == 3 and spec.cj_hue == 0):
-                continue
-            part = out[rows]
-            if op == 0:
-                part = (part * factors["b"][rows]).clamp(0, 1)
-            elif op == 1:
-                mean = kornia.color.rgb_to_grayscale(part).mean((-3, -2, -1), keepdim=True)
-                part = (factors["c"][rows] * part + (1 - factors["c"][rows]) * mean).clamp(0, 1)
-            elif op == 2:
-                gray = kornia.color.rgb_to_grayscale(part)
-                part = (factors["s"][rows] * part + (1 - factors["s"][rows]) * gray).clamp(0, 1)
-            else:  # torchvision's hue factor is a fraction of the colour circle, kornia's is radians
-                part = kornia.enhance.adjust_hue(part, hue[rows] * 2 * math.pi).clamp(0, 1)
-            out = out.index_copy(0, rows, part)
+        chosen = order[:, position]
+        b, c, s = (torch.where((chosen == op) & apply, factors[op], one)[:, None, None, None] for op in range(3))
+        out = (out * b).clamp(0, 1)
+        mean = _gray(out).mean((-3, -2, -1), keepdim=True)
+        out = (c * out + (1 - c) * mean).clamp(0, 1)
+        out = (s * out + (1 - s) * _gray(out)).clamp(0, 1)
+        rows = ((chosen == 3) & apply).nonzero().flatten()
+        if spec.cj_hue and rows.numel():
+            out = out.index_copy(0, rows, shift_hue(out[rows], hue[rows]))
     return out
+
+
+def _gray(x: Tensor) -> Tensor:
+    # ITU-R 601 luma, the weights of torchvision's and kornia's rgb_to_grayscale, as one batched reduction
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    return (x * weights[None, :, None, None]).sum(1, keepdim=True)
+
+
+def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of RGB images ``x`` (N, 3, H, W) in [0, 1] by ``shift`` (N,) fractions of the colour circle.
+
+    torchvision's ``adjust_hue`` per image (RGB -> HSV, hue + shift mod 1, HSV -> RGB), written with the closed
+    form of HSV -> RGB (channel = V - V*S*clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1): a handful
+    of batched ops, ~5x faster on the CPU than kornia's general ``adjust_hue``, which dominated the views' cost.
+
+    Example:
+        >>> red = torch.zeros(1, 3, 1, 1); red[:, 0] = 1.0
+        >>> shift_hue(red, torch.tensor([1 / 3])).flatten().tolist()  # a third of the circle: red -> green
+        [0.0, 1.0, 0.0]
+    """
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    chroma = maxc - minc
+    divisor = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
+    # torchvision's _rgb2hsv: which channel is the maximum decides the hue's sector (r wins ties, then g)
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h6 = torch.remainder(h + 6.0 * shift.to(x.dtype)[:, None, None], 6.0)
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device)[None, :, None, None]
+                        + h6[:, None], 6.0)
+    return (maxc[:, None] - chroma[:, None] * torch.minimum(k, 4.0 - k).clamp(0, 1)).clamp(0, 1)
 
 
 def _noise(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:

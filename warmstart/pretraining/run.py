@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from .._optional import require
 from ..core.run_manifest import MANIFEST_NAME, RunManifest, remove_previous_run
 from ..core.ssl import METHODS, get_method
+from .checkpoint_io import LocalCheckpointIO
 from .knn import KNNMonitor
 from .loggers import build_loggers, logger_paths, resolve_loggers
 from .run_checkpoint import RunCheckpoint, TrainingInterrupted, parse_every
@@ -96,7 +97,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             test's loss no longer fell). Ignored when ``lr`` is given.
         warmup_epochs: linear lr warmup length in epochs (may be fractional), converted to a fraction of the
             run's optimizer steps; must be < epochs. Default: 10% of the steps (``SSLModule.warmup_fraction``).
-        num_workers: DataLoader workers per device. ``"auto"`` (default): the cores this process may use
+        num_workers: DataLoader workers per device. ``"auto"`` (default): 0 when batched views read the RAM
+            cache (the loader only gathers ready tensors); else the cores this process may use
             (``os.sched_getaffinity``) divided by the devices on this node, minus one for the training process,
             capped at 8; so 0 on a single core. An int is used as given.
         cache: keep the decoded images in RAM as uint8, decoded once before the first epoch (the PIL path keeps
@@ -117,8 +119,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         views: where the augmented views are made. ``"batched"``: the loader only decodes and resizes, the views
             are made on the training device a batch at a time with per-image random parameters (kornia, the
             method's ``view_specs``); ``"pil"``: per image in the DataLoader with the PIL transform; ``"auto"``
-            (default): batched on a GPU, PIL on the CPU (measured: batched views ran at 0.87x the PIL path's
-            images/s on 2 CPU cores, ``benchmarks/views_throughput.py``) and whenever ``transform`` is given.
+            (default): batched, on the CPU too (``benchmarks/views_throughput.py``); PIL whenever ``transform``
+            or ``channels`` is given, or kornia is not installed.
         channels: input channels for non-RGB images (1: X-ray/depth, 4+: multi-band). Files are read at full
             precision (16-bit kept, ``.npy`` accepted), the backbone's first conv takes ``channels`` inputs, views are
             geometric + intensity only, and per-channel mean/std computed from the data replace the family's RGB
@@ -178,7 +180,7 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     channels = _check_channel_options(channels, views, method, val_data, cache)
     if channels is not None:  # per-image views in the loader; stream from disk (cache="ram" was refused above)
         views, cache = "pil", "off"
-    views = _resolve_views(views, transform, accelerator)
+    views = _resolve_views(views, transform)
     resolve_num_workers(num_workers)  # a bad value fails now ("auto" is resolved per device by the data module)
     checkpoint = out / "checkpoints" / "last.ckpt"
     if not launched_child:
@@ -246,6 +248,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         enable_progress_bar=progress, enable_model_summary=progress,
         log_every_n_steps=max(1, min(10, len(dataset) // int(batch_size))),
+        # A strategy object may carry its own checkpoint IO, and DeepSpeed writes its own files.
+        plugins=[LocalCheckpointIO()] if isinstance(strategy, str) and "deepspeed" not in strategy else None,
     )
     per_rank = len(dataset) // max(trainer.world_size, 1)
     if per_rank < int(batch_size):
@@ -346,18 +350,24 @@ def derive_accumulation(global_batch_size: int, batch_size: int, world_size: int
     return math.ceil(global_batch_size / per_step)
 
 
-def _resolve_views(views: str, transform: Callable | None, accelerator: str) -> str:
-    """``views="auto"``: batched where views leave the CPU free for decoding (a GPU), PIL otherwise.
+def _resolve_views(views: str, transform: Callable | None) -> str:
+    """``views="auto"``: batched (kornia, on the training device) unless a per-image ``transform`` is given.
 
-    On the CPU the batched views compete with the model for the same cores: measured 0.87x the PIL path's
-    images/s (median of 3 interleaved pairs, resnet18 at 32 px), so the CPU keeps the PIL path by default.
+    On a GPU the views leave the CPU free for decoding. On the CPU they also win, for a less obvious reason: a
+    DataLoader worker making PIL views competes with torch's intra-op threads for the same cores, and a parallel
+    region stalls whenever one of its threads is descheduled (one busy process beside a 2-thread resnet18 step
+    made it 3x slower on 2 cores). Batched views from the RAM cache need no worker at all (see
+    ``SSLDataModule.resolved_num_workers``); ``benchmarks/views_throughput.py`` measures the two paths.
     """
     if views != "auto":
         return views
     if transform is not None:
         return "pil"  # user transforms are per-image PIL transforms
-    gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "batched" if gpu else "pil"
+    try:
+        require("kornia", "ssl")
+    except ImportError:
+        return "pil"  # the batched path needs kornia; without the extra, auto keeps working on the PIL path
+    return "batched"
 
 
 def _is_launched_child() -> bool:

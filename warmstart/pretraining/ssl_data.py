@@ -351,7 +351,15 @@ class SSLDataModule(L.LightningDataModule):
         return self._loader
 
     def resolved_num_workers(self) -> int:
-        """``num_workers`` with ``"auto"`` resolved for this node's devices (see :func:`resolve_num_workers`)."""
+        """``num_workers`` with ``"auto"`` resolved: 0 for batched views from the RAM cache, else per device.
+
+        Batched views from the cache leave the loader nothing to do but gather ready uint8 tensors: a worker
+        process would only add inter-process copies, and on the CPU it competes with the model's threads.
+        Otherwise see :func:`resolve_num_workers`.
+        """
+        cached = self.cache_info is not None and self.cache_info.get("mode") == "ram"
+        if self.num_workers == "auto" and self.views == "batched" and cached:
+            return 0
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return resolve_num_workers(self.num_workers, devices)
 
