@@ -98,14 +98,16 @@ DINO_JITTER = (0.8, 0.8, 0.4, 0.2)
 
 
 class _GaussianNoise:
-    """Adds N(0, std) noise to a [0, 1] tensor with probability ``prob`` (global torch RNG, seeded per image)."""
+    """Adds N(0, std) noise with probability ``prob`` (global torch RNG, seeded per image), clipped to [0, 1] for
+    images (``clip=True``) or not for raw float channels, which keep their stored range."""
 
-    def __init__(self, prob: float, std: float) -> None:
-        self.prob, self.std = prob, std
+    def __init__(self, prob: float, std: float, clip: bool = True) -> None:
+        self.prob, self.std, self.clip = prob, std, clip
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.prob > 0 and float(torch.rand(())) < self.prob:
-            return (x + self.std * torch.randn_like(x)).clamp(0, 1)
+            noisy = x + self.std * torch.randn_like(x)
+            return noisy.clamp(0, 1) if self.clip else noisy
         return x
 
 
@@ -209,15 +211,6 @@ class _RandomBlur:
         return F.gaussian_blur(x, [self.kernel, self.kernel], [sigma, sigma])
 
 
-class _AddNoise(_GaussianNoise):
-    """Additive N(0, std) noise, not clipped (float data keeps its range)."""
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.prob > 0 and float(torch.rand(())) < self.prob:
-            return x + self.std * torch.randn_like(x)
-        return x
-
-
 def channel_view(spec: ViewSpec, normalize: dict | None) -> Callable:
     """One view of a float ``(C, H, W)`` tensor of any channel count: crop, flips, rotation, intensity jitter,
     blur, noise (see the comment above for what is left out and why), then per-channel normalisation.
@@ -241,7 +234,7 @@ def channel_view(spec: ViewSpec, normalize: dict | None) -> Callable:
         _RandomBlur(spec.blur_prob, spec.sigmas, spec.size),
     ]
     if spec.noise_prob > 0 and spec.noise_std > 0:
-        steps.append(_AddNoise(spec.noise_prob, spec.noise_std))
+        steps.append(_GaussianNoise(spec.noise_prob, spec.noise_std, clip=False))
     if normalize:
         steps.append(T.Normalize(mean=normalize["mean"], std=normalize["std"]))
     return T.Compose(steps)
