@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -48,12 +49,25 @@ class Recorder:
                                "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
                    "config": self.config, "runs": runs, "table": summarize(runs, self.config)}
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        path = self.results_dir / f"{self.stem}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, path)
+        path = write_json(self.results_dir / f"{self.stem}.json", payload)
         print(f"wrote {path}")
         return path
+
+
+def write_json(path: Path, value: Any) -> Path:
+    """Write ``value`` as indented JSON to ``path`` atomically (temporary file + rename): a kill mid-write keeps
+    the previous file, so partial results written as a benchmark goes survive it.
+
+    Example:
+        >>> import tempfile
+        >>> path = write_json(Path(tempfile.mkdtemp()) / "a.json", {"x": 1})
+        >>> json.loads(path.read_text())
+        {'x': 1}
+    """
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _script_args() -> list[str]:

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_io import Recorder  # noqa: E402
+from results_io import Recorder, write_json  # noqa: E402
 
 ARMS = ("scratch", "ssl", "distill", "lightly_train")
 MODEL = "torchvision/resnet18"
@@ -234,12 +234,6 @@ def reused(records: list[dict], dataset: str, arm: str, cfg: dict) -> dict | Non
             found = {k: v for k, v in record.items() if k not in ("dataset", "arm")}
             return {**found, "reused_from": str(Path(record["weights"]).parents[0])}
     return None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluations
@@ -433,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
         for arm in cfg["arms"]:  # one pretraining per arm and dataset, arms in a fixed order
             res = reused(reusable, dataset, arm, cfg) or pretrain_arm(arm, dataset, folder, work / dataset, cfg)
             pretrained.append({"dataset": dataset, "arm": arm, **res})
-            _write_json(work / "pretraining.json", pretrained)
+            write_json(work / "pretraining.json", pretrained)
             res = dict(res)
             weights[arm] = res.pop("weights") if res["status"] == "ok" else None
             runs.append({"kind": "pretrain", "dataset": dataset, "arm": arm, **res})

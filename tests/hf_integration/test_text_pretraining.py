@@ -91,15 +91,6 @@ def test_read_texts_skips_repairs_truncates_and_counts(tmp_path):
         read_texts(tmp_path / "missing.txt")
 
 
-@pytest.fixture
-def one_thread():
-    # Two steps of a small model: a second thread only contends on a shared CPU. Restored for later tests.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_cli_mlm_on_minilm_writes_folder_that_classifier_loads(tmp_path, one_thread):
     base = tmp_path / "minilm"
     shutil.copytree(model_dir(), base)

@@ -20,15 +20,6 @@ warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # frozen Ba
 GROUPS = ["stem", "block1", "block2", "head"]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convs are ~5x faster on one thread when the 2 cores are shared (no OpenMP spin contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def digits(n: int = 256) -> TensorDataset:
     """The first ``n`` sklearn digits as (1, 8, 8) float images in [0, 1] and int labels."""
     from sklearn.datasets import load_digits

@@ -6,7 +6,6 @@ import pytest
 from pl_helpers import (
     DigitsCNN,
     loader,
-    one_thread,  # noqa: F401  (fixture used by pytestmark)
 )
 
 from warmstart.core.checkpoints import save_weights

@@ -9,7 +9,6 @@ from pl_helpers import (
     DigitsCNN,
     LrRecorder,
     loader,
-    one_thread,  # noqa: F401  (fixture used by pytestmark)
     trainer,
 )
 

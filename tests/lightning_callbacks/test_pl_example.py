@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from pl_helpers import one_thread  # noqa: F401  (fixture used by pytestmark)
 
 pytest.importorskip("lightly")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,6 @@ from pl_helpers import (
     changed,
     groups_changed,
     loader,
-    one_thread,  # noqa: F401  (fixture used by pytestmark)
     snapshot,
     trainer,
 )

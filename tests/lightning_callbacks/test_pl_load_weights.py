@@ -8,7 +8,6 @@ from pl_helpers import (
     DigitsCNN,
     LrRecorder,
     loader,
-    one_thread,  # noqa: F401  (fixture used by pytestmark)
     trainer,
 )
 from torch import nn

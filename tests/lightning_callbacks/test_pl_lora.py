@@ -12,7 +12,6 @@ from pl_helpers import (
     DigitsCNN,
     digits,
     loader,
-    one_thread,  # noqa: F401  (fixture used by pytestmark)
     snapshot,
     trainer,
 )

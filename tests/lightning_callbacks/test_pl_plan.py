@@ -18,7 +18,6 @@ from pl_helpers import (
     L,
     LrRecorder,
     loader,
-    one_thread,  # noqa: F401  (fixture used by pytestmark)
     snapshot,
     trainer,
 )

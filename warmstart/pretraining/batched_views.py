@@ -138,7 +138,7 @@ class BatchedViews:
         if spec.rr_prob > 0:
             out = _rotate(out, spec, u, kornia)
         if spec.cj_prob > 0:
-            out = _color_jitter(out, spec, u, kornia)
+            out = _color_jitter(out, spec, u)
         if spec.gray_prob > 0:
             gray = _gray(out).expand_as(out)
             out = torch.where((u[:, _GRAY] < spec.gray_prob)[:, None, None, None], gray, out)
@@ -219,7 +219,7 @@ def _rotate(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
     return kornia.geometry.transform.rotate(x, angle.to(x.dtype), mode="nearest", align_corners=False)
 
 
-def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
+def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
     """torchvision's ColorJitter per image: factors, a random order of the 4 operations, applied with cj_prob.
 
     Brightness, contrast and saturation run on the whole batch at every position of the order, with factor 1
