@@ -128,6 +128,18 @@ def load_script(stem: str, scripts_dir: Path):
     return module
 
 
+def script_stem(stem: str, payload: dict) -> str:
+    """The script that wrote ``results/<stem>.json``: the ``benchmarks/<script>.py`` of its recorded command (one
+    script may write several results files, e.g. two sizes via ``--name``), else ``stem``.
+
+    Example:
+        >>> script_stem("a_512", {"command": "python benchmarks/a.py --name a_512"}), script_stem("b", {})
+        ('a', 'b')
+    """
+    match = re.search(r"(?:^|[\s/])benchmarks/([\w-]+)\.py\b", str(payload.get("command", "")))
+    return match.group(1) if match else stem
+
+
 def table_mismatches(results: dict[str, dict], scripts_dir: Path) -> list[str]:
     """Problems where a JSON's table is not its script's ``summarize(runs, config)`` (so it was hand-edited, or
     the script changed after the run).
@@ -138,22 +150,23 @@ def table_mismatches(results: dict[str, dict], scripts_dir: Path) -> list[str]:
     """
     problems = []
     for stem, payload in results.items():
+        script = script_stem(stem, payload)
         try:
-            module = load_script(stem, scripts_dir)
+            module = load_script(script, scripts_dir)
         except FileNotFoundError as err:
             problems.append(str(err))
             continue
         if not hasattr(module, "summarize"):
-            problems.append(f"{stem}.py has no summarize(runs, config)")
+            problems.append(f"{script}.py has no summarize(runs, config)")
             continue
         try:
             recomputed = json.loads(json.dumps(module.summarize(payload["runs"], payload["config"])))
         except Exception as err:  # a script changed after its run: report it with the others, don't stop
-            problems.append(f"results/{stem}.json: {stem}.summarize(runs, config) raised {type(err).__name__}: "
+            problems.append(f"results/{stem}.json: {script}.summarize(runs, config) raised {type(err).__name__}: "
                             f"{err}; rerun the benchmark")
             continue
         if recomputed != payload["table"]:
-            problems.append(f"results/{stem}.json: its table differs from {stem}.summarize(runs, config)")
+            problems.append(f"results/{stem}.json: its table differs from {script}.summarize(runs, config)")
     return problems
 
 

@@ -105,3 +105,17 @@ def test_malformed_json_is_named(tmp_path):
     result.write_text(json.dumps(payload))
     with pytest.raises(ValueError, match=r"fake.json: missing keys \['runs'\]"):
         render_results.load_results(bench / "results")
+
+
+def test_second_results_file_of_one_script_is_checked_against_that_script(tmp_path, capsys):
+    """``--name`` writes e.g. results/fake_small.json: its table is recomputed by fake.py (from its command)."""
+    bench, result, doc = _fake_bench(tmp_path)
+    payload = json.loads(result.read_text())
+    payload.update(benchmark="fake_small", command="python benchmarks/fake.py --name fake_small")
+    second = bench / "results" / "fake_small.json"
+    second.write_text(json.dumps(payload))
+    assert render_results.table_mismatches(render_results.load_results(bench / "results"), bench) == []
+    payload["table"]["rows"] = [["2.50"]]
+    second.write_text(json.dumps(payload))
+    problems = render_results.table_mismatches(render_results.load_results(bench / "results"), bench)
+    assert problems == ["results/fake_small.json: its table differs from fake.summarize(runs, config)"]

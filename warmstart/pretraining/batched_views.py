@@ -222,10 +222,12 @@ def _rotate(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
 def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
     """torchvision's ColorJitter per image: factors, a random order of the 4 operations, applied with cj_prob.
 
-    Brightness, contrast and saturation run on the whole batch at every position of the order, with factor 1
-    (an exact identity on [0, 1] images) for the images whose operation at that position is another one: three
-    cheap full-batch blends instead of gathering and scattering row subsets. Hue (an HSV round trip, the costly
-    one) runs on the rows that take it at that position only.
+    At each position of the order an image runs at most one operation, so brightness (``b*x``), contrast
+    (``c*x + (1-c)*mean``) and saturation (``s*x + (1-s)*gray``) fold into one full-batch blend
+    ``clamp(alpha*x + beta_c*mean + beta_s*gray)`` with per-image coefficients (alpha 1, betas 0 where the image
+    runs another operation: an exact identity on [0, 1] images). Hue (an HSV round trip, the costly one) runs on
+    the rows that take it at that position only. One blend per position instead of three (bitwise the same output;
+    the jitter of a 64-image 32 px view went from ~8.4 to ~7.4 ms, one measurement each).
     """
     order = u[:, _ORDER:_ORDER + 4].argsort(1)
     apply = u[:, _CJ] < spec.cj_prob
@@ -234,16 +236,18 @@ def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
         lo, hi = max(0.0, 1 - amount), 1 + amount
         factors.append((lo + (hi - lo) * u[:, slot]).to(x.dtype))
     hue = ((2 * u[:, _H] - 1) * spec.cj_hue).to(x.dtype)
-    one = torch.ones((), dtype=x.dtype, device=x.device)
+    one, zero = torch.ones((), dtype=x.dtype, device=x.device), torch.zeros((), dtype=x.dtype, device=x.device)
     out = x
     for position in range(4):
-        chosen = order[:, position]
-        b, c, s = (torch.where((chosen == op) & apply, factors[op], one)[:, None, None, None] for op in range(3))
-        out = (out * b).clamp(0, 1)
-        mean = _gray(out).mean((-3, -2, -1), keepdim=True)
-        out = (c * out + (1 - c) * mean).clamp(0, 1)
-        out = (s * out + (1 - s) * _gray(out)).clamp(0, 1)
-        rows = ((chosen == 3) & apply).nonzero().flatten()
+        chosen = torch.where(apply, order[:, position], -1)
+        alpha = torch.where(chosen == 0, factors[0], torch.where(chosen == 1, factors[1],
+                                                                 torch.where(chosen == 2, factors[2], one)))
+        beta_c = torch.where(chosen == 1, 1 - factors[1], zero)[:, None, None, None]
+        beta_s = torch.where(chosen == 2, 1 - factors[2], zero)[:, None, None, None]
+        gray = _gray(out)
+        mean = gray.mean((-3, -2, -1), keepdim=True)
+        out = (alpha[:, None, None, None] * out + beta_c * mean + beta_s * gray).clamp(0, 1)
+        rows = (chosen == 3).nonzero().flatten()
         if spec.cj_hue and rows.numel():
             out = out.index_copy(0, rows, shift_hue(out[rows], hue[rows]))
     return out
