@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import tempfile
 import warnings
@@ -55,9 +56,12 @@ RATIOS = (("batched", "pil", "views in batches instead of per image (same worker
 def run(arm: str, data: Path, workers: int, epochs: int) -> float:
     out = Path(tempfile.mkdtemp(prefix=f"views_{arm}_"))
     views = "pil" if arm == "pil" else "batched"
-    summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=epochs, batch_size=64,
-                       image_size=32, accelerator="cpu", devices=1, progress=False, views=views,
-                       num_workers=0 if arm == "batched_no_workers" else workers, cache="ram")
+    try:
+        summary = pretrain(out, data, "torchvision/resnet18", method="simclr", epochs=epochs, batch_size=64,
+                           image_size=32, accelerator="cpu", devices=1, progress=False, views=views,
+                           num_workers=0 if arm == "batched_no_workers" else workers, cache="ram")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # checkpoints + export, ~0.3 GB per run: deleted after timing
     return float(summary["images_per_s"])
 
 
@@ -98,7 +102,8 @@ def main() -> None:
     recorder = Recorder("views_throughput", {**vars(args), "threads": torch.get_num_threads(), "workers": workers})
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    data = write_image_folder(photos(args.images, 32), None, Path(tempfile.mkdtemp(prefix="views_data_")))
+    data_dir = Path(tempfile.mkdtemp(prefix="views_data_"))
+    data = write_image_folder(photos(args.images, 32), None, data_dir)
     print(f"resnet18 SimCLR, 32 px, batch 64, {args.images} images x {args.epochs} epochs per run, "
           f"{torch.get_num_threads()} threads, {workers} worker(s) where used")
     runs = []
@@ -109,6 +114,7 @@ def main() -> None:
             runs.append({"round": k, "arm": arm, "position": position, "images_per_s": round(value, 2)})
             print(f"round {k + 1} {arm:>20}: {value:7.1f} img/s", flush=True)
     recorder.write(runs, summarize)
+    shutil.rmtree(data_dir, ignore_errors=True)
     for row in summarize(runs, recorder.config)["rows"]:
         print(f"{row[0]}: {row[1]}")
 
