@@ -236,14 +236,13 @@ def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
         lo, hi = max(0.0, 1 - amount), 1 + amount
         factors.append((lo + (hi - lo) * u[:, slot]).to(x.dtype))
     hue = ((2 * u[:, _H] - 1) * spec.cj_hue).to(x.dtype)
-    one, zero = torch.ones((), dtype=x.dtype, device=x.device), torch.zeros((), dtype=x.dtype, device=x.device)
     out = x
     for position in range(4):
         chosen = torch.where(apply, order[:, position], -1)
         alpha = torch.where(chosen == 0, factors[0], torch.where(chosen == 1, factors[1],
-                                                                 torch.where(chosen == 2, factors[2], one)))
-        beta_c = torch.where(chosen == 1, 1 - factors[1], zero)[:, None, None, None]
-        beta_s = torch.where(chosen == 2, 1 - factors[2], zero)[:, None, None, None]
+                                                                 torch.where(chosen == 2, factors[2], 1.0)))
+        beta_c = torch.where(chosen == 1, 1 - factors[1], 0.0)[:, None, None, None]
+        beta_s = torch.where(chosen == 2, 1 - factors[2], 0.0)[:, None, None, None]
         gray = _gray(out)
         mean = gray.mean((-3, -2, -1), keepdim=True)
         out = (alpha[:, None, None, None] * out + beta_c * mean + beta_s * gray).clamp(0, 1)
@@ -254,7 +253,7 @@ def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
 
 
 def _gray(x: Tensor) -> Tensor:
-    # ITU-R 601 luma, the weights of torchvision's and kornia's rgb_to_grayscale, as one batched reduction
+    # ITU-R 601 luma, kornia's rgb_to_grayscale weights (torchvision rounds red to 0.2989), as one batched reduction
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
     return (x * weights[None, :, None, None]).sum(1, keepdim=True)
 
