@@ -130,7 +130,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                    metavar="KEY=VALUE", help="method option, repeatable (e.g. --set temperature=0.1); "
                                              "see `warmstart models` for each method's options")
     p.add_argument("--logger", default="csv,tensorboard", metavar="NAMES",
-                   help="Lightning loggers, comma-separated: csv, tensorboard, mlflow, wandb (csv is always on). "
+                   help="loggers, comma-separated: csv, tensorboard, mlflow, wandb (csv is always on; the same files "
+                        "under OUT/logs for image and text pretraining). "
                         "Offline by default: mlflow to a file store in OUT/logs/mlflow unless MLFLOW_TRACKING_URI "
                         "is set, wandb offline in OUT/logs/wandb unless WANDB_MODE=online")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -213,7 +214,7 @@ def _run_text_pretrain(args: argparse.Namespace) -> int:
         args.model[len("hf/"):], args.data, args.out, objective=args.method, epochs=args.epochs,
         max_length=args.max_length, mask_prob=args.mask_prob, text_column=args.text_column,
         lora={"r": args.lora_r, "alpha": 2 * args.lora_r} if args.lora_r else None, training_args=training_args,
-        resume_from_checkpoint=True if args.resume else None)
+        resume_from_checkpoint=True if args.resume else None, logger=args.logger)
     print(json.dumps(read_summary(out), indent=2))
     return 0
 

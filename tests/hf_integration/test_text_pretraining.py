@@ -178,3 +178,44 @@ def test_clm_trains_a_decoder_and_objectives_are_checked(tmp_path):
                  "--out", str(tmp_path / "x5")]) == 2
     assert not (tmp_path / "x1").exists()
     assert json.loads((out / "text_pretraining.json").read_text())["objective"] == "clm"
+
+
+def test_cli_logger_names_mean_the_same_files_as_for_images(tmp_path, monkeypatch):
+    import importlib.util
+
+    has_mlflow = importlib.util.find_spec("mlflow") is not None  # the lowest-versions venv has no mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(SENTENCES * 2))
+    out = tmp_path / "o"
+    assert main(["pretrain", "--model", f"hf/{_tiny_folder(tmp_path)}", "--data", str(texts), "--method", "mlm",
+                 "--epochs", "1", "--out", str(out), "--batch-size", "4", "--max-length", "16", "--no-progress",
+                 "--accelerator", "cpu", "--logger", "tensorboard,mlflow" if has_mlflow else "tensorboard"]) == 0
+    loss = read_summary(out)["train_loss"]
+    rows = (out / "logs" / "csv" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,name,value"
+    logged = {row.split(",")[2]: float(row.split(",")[3]) for row in rows[1:]}
+    assert logged["train_loss"] == pytest.approx(loss) and loss > 0  # csv: always on
+    events = EventAccumulator(str(out / "logs" / "tensorboard")).Reload()
+    assert any(tag.endswith("train_loss") for tag in events.Tags()["scalars"])  # tensorboard: under out/logs
+    if has_mlflow:
+        stored = list((out / "logs" / "mlflow").glob("*/*/metrics/train_loss"))  # mlflow: a local file store
+        assert len(stored) == 1 and float(stored[0].read_text().split()[1]) == pytest.approx(loss)
+    assert "MLFLOW_TRACKING_URI" not in __import__("os").environ  # set for the run only
+    assert not (out / "checkpoints" / "runs").exists()  # nothing in transformers' default TensorBoard place
+
+
+def test_text_logger_choice_is_checked_first_and_training_args_are_left_as_given(tmp_path):
+    with pytest.raises(ValueError, match="unknown logger 'neptune'"):
+        continue_pretraining("/no/such/model", ["text"], tmp_path / "o", logger="neptune")
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=2, logging_steps=1,
+                                          report_to="none", **{k: v for k, v in _fast_args().items()
+                                                               if k not in ("logging_strategy",)})
+    out = continue_pretraining(_tiny_folder(tmp_path), SENTENCES, tmp_path / "o", max_length=16,
+                               training_args=args, logger="csv")
+    assert args.report_to in ([], "none", ["none"])  # the caller's object is not changed
+    steps = [row.split(",") for row in (out / "logs" / "csv" / "metrics.csv").read_text().splitlines()[1:]]
+    assert [int(s) for s, _, name, _ in steps if name == "loss"] == [1, 2]  # one row per logged step

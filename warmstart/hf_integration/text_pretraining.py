@@ -11,6 +11,7 @@ adapted encoder, including base-model tensors the LM head class drops (BERT's po
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -21,8 +22,10 @@ from typing import Any
 import torch
 
 from warmstart._optional import require
+from warmstart.pretraining.loggers import resolve_loggers
 
 from .text_data import MAX_CHARS, read_texts
+from .text_loggers import run_environment, trainer_logging
 
 transformers = require("transformers", "hf")
 
@@ -38,7 +41,7 @@ def continue_pretraining(model_or_folder: str | Path | Any, data: str | Path | S
                          mask_prob: float = 0.15, lora: dict | bool | None = None, text_column: str = "text",
                          tokenizer: Any = None, training_args: dict | Any = None,
                          resume_from_checkpoint: str | bool | None = None, callbacks: Sequence[Any] = (),
-                         max_document_chars: int = MAX_CHARS) -> Path:
+                         max_document_chars: int = MAX_CHARS, logger: str | Sequence[str] = "csv") -> Path:
     """Continue pretraining ``model_or_folder`` on the raw text ``data``; save an HF model folder in ``out``.
 
     ``model_or_folder``: a local model folder (loaded with ``AutoModelForMaskedLM`` / ``AutoModelForCausalLM``,
@@ -53,6 +56,10 @@ def continue_pretraining(model_or_folder: str | Path | Any, data: str | Path | S
     ``out/checkpoints``, ``num_train_epochs=epochs``, lr 5e-5 (1e-3 with LoRA), batch 16, a checkpoint every 500
     steps, the last 2 kept), or a ``TrainingArguments`` used unchanged (its length and ``output_dir`` then decide;
     ``epochs`` is ignored). ``resume_from_checkpoint`` goes to ``Trainer.train`` (``True``: the newest checkpoint).
+    ``logger``: the names image pretraining takes, comma-separated (csv, tensorboard, mlflow, wandb; see
+    :func:`warmstart.hf_integration.text_loggers.trainer_logging`), written under ``out/logs``; csv is always on
+    (``out/logs/csv/metrics.csv``), and the CLI adds tensorboard as for images. A ``report_to`` in
+    ``training_args`` adds to them.
 
     Writes to ``out``: the model (``config.json`` + ``model.safetensors``), the tokenizer, and ``text_pretraining.json``
     (documents read, skipped and truncated, tokens, blocks, steps, final loss). Returns ``Path(out)``.
@@ -70,6 +77,7 @@ folder with config.json, weights and tokenizer files; no hub download)
         >>> transformers.AutoModelForSequenceClassification.from_pretrained(out, num_labels=2)  # doctest: +SKIP
     """
     _check_options(objective, epochs, max_length, mask_prob)
+    resolve_loggers(logger)  # unknown names and missing packages fail before anything loads
     out = Path(out)
     _check_out(out, resume_from_checkpoint)
     corpus = read_texts(data, text_column=text_column, max_chars=max_document_chars)  # data errors before loading
@@ -87,9 +95,14 @@ folder with config.json, weights and tokenizer files; no hub download)
     collator = ResumableMasking(transformers.DataCollatorForLanguageModeling(
         _padding_tokenizer(tokenizer), mlm=objective == "mlm", mlm_probability=mask_prob if objective == "mlm"
         else None), seed=args.seed)
+    logging_setup = trainer_logging(logger, out)
+    args = copy.copy(args)  # a TrainingArguments the caller passed stays as it was
+    args.report_to = sorted({*_as_list(args.report_to), *logging_setup.report_to} - {"none"})
     trainer = transformers.Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator,
-                                   processing_class=tokenizer, callbacks=[collator.epoch_callback(), *callbacks])
-    result = trainer.train(resume_from_checkpoint=_resume_path(resume_from_checkpoint, args))
+                                   processing_class=tokenizer,
+                                   callbacks=[collator.epoch_callback(), *logging_setup.callbacks, *callbacks])
+    with run_environment(logging_setup.env):
+        result = trainer.train(resume_from_checkpoint=_resume_path(resume_from_checkpoint, args))
 
     if lora:
         from warmstart.core import merge_lora
@@ -315,6 +328,13 @@ def _training_args(user: dict | Any, out: Path, epochs: float, lora: bool) -> An
         return transformers.TrainingArguments(**merged)
     except TypeError as err:
         raise ValueError(f"training_args: {err} (see transformers.TrainingArguments for the fields)") from err
+
+
+def _as_list(report_to: Any) -> list[str]:
+    # TrainingArguments keeps report_to as a list, or a string in some versions ("none", "all", one name).
+    if report_to is None:
+        return []
+    return [report_to] if isinstance(report_to, str) else list(report_to)
 
 
 def _warmup_fraction(fraction: float) -> dict[str, float]:

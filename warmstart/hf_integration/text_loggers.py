@@ -1,0 +1,137 @@
+"""Loggers for text continued pretraining, by the names image pretraining's ``--logger`` takes.
+
+``warmstart pretrain --logger csv,tensorboard,mlflow,wandb`` means the same on both engines: csv (always on) and
+TensorBoard write under ``out/logs``; MLflow writes to a local file store in ``out/logs/mlflow`` unless
+``MLFLOW_TRACKING_URI`` is set; W&B runs offline in ``out/logs/wandb`` unless ``WANDB_MODE=online``. The image
+engine builds Lightning loggers (:mod:`warmstart.pretraining.loggers`); here the same names become what
+``transformers.Trainer`` has: its own ``TensorBoardCallback`` with a writer in ``out/logs/tensorboard``, its
+MLflow / W&B integrations through ``report_to`` and their environment variables (set only for the run, and only
+where the user has not set them), and a small callback that appends the Trainer's log records to
+``out/logs/csv/metrics.csv`` (transformers has no CSV logger).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warmstart._optional import require
+from warmstart.pretraining.loggers import resolve_loggers
+
+transformers = require("transformers", "hf")
+
+CSV_FILE = Path("logs") / "csv" / "metrics.csv"
+CSV_COLUMNS = ("step", "epoch", "name", "value")
+
+
+@dataclass
+class TrainerLogging:
+    """What one ``--logger`` choice needs from ``transformers.Trainer``: ``report_to``, callbacks, environment."""
+
+    report_to: list[str]
+    callbacks: list[Any] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def trainer_logging(logger: str | Sequence[str] | None, out: str | Path) -> TrainerLogging:
+    """Map logger names (as for image pretraining: csv always, None = csv + tensorboard) to the Trainer's own means.
+
+    Unknown names and missing packages raise here, with the install line, before any model is loaded.
+
+    Example:
+        >>> import tempfile
+        >>> logging = trainer_logging("csv,mlflow", tempfile.mkdtemp())
+        >>> logging.report_to, [type(c).__name__ for c in logging.callbacks], sorted(logging.env)
+        (['mlflow'], ['CsvLogCallback'], ['MLFLOW_ALLOW_FILE_STORE', 'MLFLOW_EXPERIMENT_NAME', 'MLFLOW_TRACKING_URI'])
+    """
+    logs = Path(out) / "logs"
+    names = resolve_loggers(logger)
+    if any(not isinstance(name, str) for name in names):
+        raise ValueError("text pretraining takes logger names (csv, tensorboard, mlflow, wandb); pass a "
+                         "transformers TrainerCallback through callbacks= for any other logger")
+    result = TrainerLogging(report_to=[], callbacks=[CsvLogCallback(Path(out) / CSV_FILE)])
+    for name in names:
+        if name == "tensorboard":
+            result.callbacks.append(_tensorboard_callback(logs / "tensorboard"))
+        elif name == "mlflow":
+            result.report_to.append("mlflow")
+            result.env.update(MLFLOW_TRACKING_URI=(logs / "mlflow").resolve().as_uri(),
+                              MLFLOW_EXPERIMENT_NAME="warmstart",
+                              MLFLOW_ALLOW_FILE_STORE="true")  # MLflow 3 refuses file stores unless opted in
+        elif name == "wandb":
+            result.report_to.append("wandb")
+            result.env.update(WANDB_MODE="offline", WANDB_DIR=str(logs), WANDB_PROJECT="warmstart")
+    return result
+
+
+@contextmanager
+def run_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set the variables in ``env`` that the user has not set, for the ``with`` block only.
+
+    Example:
+        >>> with run_environment({"WARMSTART_EXAMPLE": "1"}):
+        ...     print(os.environ["WARMSTART_EXAMPLE"])
+        1
+        >>> "WARMSTART_EXAMPLE" in os.environ
+        False
+    """
+    added = [key for key in env if key not in os.environ]
+    os.environ.update({key: env[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+class CsvLogCallback(transformers.TrainerCallback):
+    """Append every Trainer log record to a CSV file as ``step, epoch, name, value`` rows (main process only).
+
+    One row per value keeps the columns fixed while the logged names change (loss, then the final train summary)
+    and lets a resumed run append to the same file.
+
+    Example:
+        >>> import tempfile, types
+        >>> path = Path(tempfile.mkdtemp()) / "metrics.csv"
+        >>> state = types.SimpleNamespace(is_world_process_zero=True, global_step=5, epoch=0.5)
+        >>> CsvLogCallback(path).on_log(None, state, None, logs={"loss": 2.5})
+        >>> path.read_text().splitlines()
+        ['step,epoch,name,value', '5,0.5,loss,2.5']
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        """Append ``logs``' numeric values."""
+        if not state.is_world_process_zero or not logs:
+            return
+        rows = [(state.global_step, state.epoch, name, value) for name, value in logs.items()
+                if isinstance(value, (int, float))]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(CSV_COLUMNS)
+            writer.writerows(rows)
+
+
+def _tensorboard_callback(folder: Path) -> Any:
+    # The callback with our own writer: transformers 4.x reads args.logging_dir, 5.x an environment variable;
+    # a writer given to it works on both and keeps the events in out/logs/tensorboard.
+    from transformers.integrations import TensorBoardCallback
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from tensorboardX import SummaryWriter
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder)))
+
+
+__all__ = ["CSV_FILE", "CsvLogCallback", "TrainerLogging", "run_environment", "trainer_logging"]
