@@ -434,6 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny pool, 1 epoch, 4 fine-tune steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="labeled-subset / fine-tuning seeds")
     parser.add_argument("--image-size", type=int, help="pixels (default 32)")
+    parser.add_argument("--budget-scale", type=float, default=1.0, metavar="X",
+                        help="multiply every arm's pretraining epochs by X (rounded): the same equal-time budget, "
+                             "X times longer")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
@@ -459,6 +462,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg["seeds"] = args.seeds
     if args.image_size:
         cfg["image_size"] = args.image_size
+    if args.budget_scale <= 0:
+        raise SystemExit("--budget-scale must be > 0")
+    if args.budget_scale != 1.0:
+        cfg["epochs"] = {d: {a: max(1, round(e * args.budget_scale)) for a, e in arms.items()}
+                         for d, arms in cfg["epochs"].items()}
+        cfg["budget_scale"] = args.budget_scale
     if args.datasets:
         cfg["datasets"] = args.datasets
     cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,

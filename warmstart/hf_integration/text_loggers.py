@@ -4,10 +4,9 @@
 TensorBoard write under ``out/logs``; MLflow writes to a local file store in ``out/logs/mlflow`` unless
 ``MLFLOW_TRACKING_URI`` is set; W&B runs offline in ``out/logs/wandb`` unless ``WANDB_MODE=online``. The image
 engine builds Lightning loggers (:mod:`warmstart.pretraining.loggers`); here the same names become what
-``transformers.Trainer`` has: its own ``TensorBoardCallback`` with a writer in ``out/logs/tensorboard``, its
-MLflow / W&B integrations through ``report_to`` and their environment variables (set only for the run, and only
-where the user has not set them), and a small callback that appends the Trainer's log records to
-``out/logs/csv/metrics.csv`` (transformers has no CSV logger).
+``transformers.Trainer`` has: its TensorBoard, MLflow and W&B integrations through ``report_to`` and their
+environment variables (set only for the run, and only where the user has not set them), and a small callback that
+appends the Trainer's log records to ``out/logs/csv/metrics.csv`` (transformers has no CSV logger).
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ def trainer_logging(logger: str | Sequence[str] | None, out: str | Path) -> Trai
         >>> logging = trainer_logging("csv,mlflow", tempfile.mkdtemp())
         >>> logging.report_to, [type(c).__name__ for c in logging.callbacks], sorted(logging.env)
         (['mlflow'], ['CsvLogCallback'], ['MLFLOW_ALLOW_FILE_STORE', 'MLFLOW_EXPERIMENT_NAME', 'MLFLOW_TRACKING_URI'])
+        >>> trainer_logging(None, "out").report_to  # the CLI's default: csv + tensorboard
+        ['tensorboard']
     """
     logs = Path(out) / "logs"
     names = resolve_loggers(logger)
@@ -57,7 +58,10 @@ def trainer_logging(logger: str | Sequence[str] | None, out: str | Path) -> Trai
     result = TrainerLogging(report_to=[], callbacks=[CsvLogCallback(Path(out) / CSV_FILE)])
     for name in names:
         if name == "tensorboard":
-            result.callbacks.append(_tensorboard_callback(logs / "tensorboard"))
+            # transformers 5 reads this variable, 4.x TrainingArguments.logging_dir (continue_pretraining sets
+            # both); the Trainer's callback opens the writer on the main process only.
+            result.report_to.append("tensorboard")
+            result.env.update(TENSORBOARD_LOGGING_DIR=str(logs / "tensorboard"))
         elif name == "mlflow":
             result.report_to.append("mlflow")
             result.env.update(MLFLOW_TRACKING_URI=(logs / "mlflow").resolve().as_uri(),
@@ -120,18 +124,6 @@ class CsvLogCallback(transformers.TrainerCallback):
             if new:
                 writer.writerow(CSV_COLUMNS)
             writer.writerows(rows)
-
-
-def _tensorboard_callback(folder: Path) -> Any:
-    # The callback with our own writer: transformers 4.x reads args.logging_dir, 5.x an environment variable;
-    # a writer given to it works on both and keeps the events in out/logs/tensorboard.
-    from transformers.integrations import TensorBoardCallback
-
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        from tensorboardX import SummaryWriter
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(folder)))
 
 
 __all__ = ["CSV_FILE", "CsvLogCallback", "TrainerLogging", "run_environment", "trainer_logging"]

@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,12 @@ folder with config.json, weights and tokenizer files; no hub download)
     logging_setup = trainer_logging(logger, out)
     args = copy.copy(args)  # a TrainingArguments the caller passed stays as it was
     args.report_to = sorted({*_as_list(args.report_to), *logging_setup.report_to} - {"none"})
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator,
-                                   processing_class=tokenizer,
-                                   callbacks=[collator.epoch_callback(), *logging_setup.callbacks, *callbacks])
-    with run_environment(logging_setup.env):
+    if "TENSORBOARD_LOGGING_DIR" in logging_setup.env and hasattr(args, "logging_dir"):  # transformers 4.x
+        args.logging_dir = os.environ.get("TENSORBOARD_LOGGING_DIR", logging_setup.env["TENSORBOARD_LOGGING_DIR"])
+    with run_environment(logging_setup.env):  # the integrations read it when the Trainer builds them, and in train
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator,
+                                       processing_class=tokenizer,
+                                       callbacks=[collator.epoch_callback(), *logging_setup.callbacks, *callbacks])
         result = trainer.train(resume_from_checkpoint=_resume_path(resume_from_checkpoint, args))
 
     if lora:
