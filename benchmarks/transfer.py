@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny pool, 1 epoch, 4 fine-tune steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="labeled-subset / fine-tuning seeds")
     parser.add_argument("--image-size", type=int, help="pixels (default 32)")
+    parser.add_argument("--finetune-steps", type=int, help="steps of every fine-tune (default 200)")
     parser.add_argument("--budget-scale", type=float, default=1.0, metavar="X",
                         help="multiply every arm's pretraining epochs by X (rounded): the same equal-time budget, "
                              "X times longer")
@@ -462,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg["seeds"] = args.seeds
     if args.image_size:
         cfg["image_size"] = args.image_size
+    if args.finetune_steps:
+        cfg["finetune_steps"] = args.finetune_steps
     if args.budget_scale <= 0:
         raise SystemExit("--budget-scale must be > 0")
     if args.budget_scale != 1.0:
