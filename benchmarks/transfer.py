@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
                     # scratch: plain fine-tuning, and at the first label count also the declared recipe (the
                     # control that separates what the recipe does from what the pretrained weights do)
                     names = (["full", DECLARED] if first else ["full"]) if arm == "scratch" else [DECLARED]
-                    if cfg["candidates"] and d_index == 0 and arm == cfg.get("candidate_arm", "ssl") and first:
+                    if cfg["candidates"] and d_index == 0 and arm == cfg["candidate_arm"] and first:
                         names = [DECLARED, *[n for n in CANDIDATES if n != DECLARED]]
                     for name in names:
                         r = finetune_accuracy(weights[arm], CANDIDATES[name], x_all[sub], y_all[sub], x_all[test],

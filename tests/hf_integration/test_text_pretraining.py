@@ -7,6 +7,7 @@ tiny models built from configs with MiniLM's tokenizer, so every test takes seco
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -204,13 +205,17 @@ def test_cli_logger_names_mean_the_same_files_as_for_images(tmp_path, monkeypatc
     if has_mlflow:
         stored = list((out / "logs" / "mlflow").glob("*/*/metrics/train_loss"))  # mlflow: a local file store
         assert len(stored) == 1 and float(stored[0].read_text().split()[1]) == pytest.approx(loss)
-    assert "MLFLOW_TRACKING_URI" not in __import__("os").environ  # set for the run only
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # set for the run only
     assert not (out / "checkpoints" / "runs").exists()  # nothing in transformers' default TensorBoard place
 
 
 def test_text_logger_choice_is_checked_first_and_training_args_are_left_as_given(tmp_path):
     with pytest.raises(ValueError, match="unknown logger 'neptune'"):
         continue_pretraining("/no/such/model", ["text"], tmp_path / "o", logger="neptune")
+    from lightning.pytorch.loggers import CSVLogger
+
+    with pytest.raises(ValueError, match="takes logger names"):  # refused before the (missing) model is looked up
+        continue_pretraining("/no/such/model", ["text"], tmp_path / "o", logger=[CSVLogger(tmp_path)])
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "ck"), max_steps=2, logging_steps=1,
                                           report_to="none", **{k: v for k, v in _fast_args().items()
                                                                if k not in ("logging_strategy",)})

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart._optional import require
-from warmstart.pretraining.loggers import resolve_loggers
+from warmstart.pretraining.loggers import PROJECT, local_mlflow_uri, resolve_loggers
 
 transformers = require("transformers", "hf")
 
@@ -64,12 +64,11 @@ def trainer_logging(logger: str | Sequence[str] | None, out: str | Path) -> Trai
             result.env.update(TENSORBOARD_LOGGING_DIR=str(logs / "tensorboard"))
         elif name == "mlflow":
             result.report_to.append("mlflow")
-            result.env.update(MLFLOW_TRACKING_URI=(logs / "mlflow").resolve().as_uri(),
-                              MLFLOW_EXPERIMENT_NAME="warmstart",
-                              MLFLOW_ALLOW_FILE_STORE="true")  # MLflow 3 refuses file stores unless opted in
+            result.env.update(MLFLOW_TRACKING_URI=local_mlflow_uri(logs), MLFLOW_EXPERIMENT_NAME=PROJECT,
+                              MLFLOW_ALLOW_FILE_STORE="true")
         elif name == "wandb":
             result.report_to.append("wandb")
-            result.env.update(WANDB_MODE="offline", WANDB_DIR=str(logs), WANDB_PROJECT="warmstart")
+            result.env.update(WANDB_MODE="offline", WANDB_DIR=str(logs), WANDB_PROJECT=PROJECT)
     return result
 
 

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from warmstart._optional import require
-from warmstart.pretraining.loggers import resolve_loggers
 
 from .text_data import MAX_CHARS, read_texts
 from .text_loggers import run_environment, trainer_logging
@@ -78,8 +77,8 @@ folder with config.json, weights and tokenizer files; no hub download)
         >>> transformers.AutoModelForSequenceClassification.from_pretrained(out, num_labels=2)  # doctest: +SKIP
     """
     _check_options(objective, epochs, max_length, mask_prob)
-    resolve_loggers(logger)  # unknown names and missing packages fail before anything loads
     out = Path(out)
+    logging_setup = trainer_logging(logger, out)  # bad names, objects, missing packages: fail before anything loads
     _check_out(out, resume_from_checkpoint)
     corpus = read_texts(data, text_column=text_column, max_chars=max_document_chars)  # data errors before loading
     folder = None if isinstance(model_or_folder, torch.nn.Module) else _model_folder(model_or_folder)
@@ -96,7 +95,6 @@ folder with config.json, weights and tokenizer files; no hub download)
     collator = ResumableMasking(transformers.DataCollatorForLanguageModeling(
         _padding_tokenizer(tokenizer), mlm=objective == "mlm", mlm_probability=mask_prob if objective == "mlm"
         else None), seed=args.seed)
-    logging_setup = trainer_logging(logger, out)
     args = copy.copy(args)  # a TrainingArguments the caller passed stays as it was
     args.report_to = sorted({*_as_list(args.report_to), *logging_setup.report_to} - {"none"})
     if "TENSORBOARD_LOGGING_DIR" in logging_setup.env and hasattr(args, "logging_dir"):  # transformers 4.x

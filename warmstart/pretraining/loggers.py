@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_LOGGERS = ("csv", "tensorboard")
+PROJECT = "warmstart"  # MLflow experiment and W&B project unless MLFLOW_EXPERIMENT_NAME / WANDB_PROJECT say otherwise
 
 
 @dataclass(frozen=True)
@@ -139,16 +140,24 @@ def _defaults(name: str, logs: Path) -> dict[str, Any]:
     if name == "mlflow":
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
-            store = (logs / "mlflow").resolve()
-            uri = store.as_uri()
-            # MLflow 3 refuses file stores unless opted in; a local store is what an offline run needs.
+            uri = local_mlflow_uri(logs)
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        return {"experiment_name": os.environ.get("MLFLOW_EXPERIMENT_NAME", "warmstart"), "tracking_uri": uri}
+        return {"experiment_name": os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT), "tracking_uri": uri}
     if name == "wandb":
         mode = os.environ.get("WANDB_MODE", "offline")
-        return {"save_dir": logs, "project": os.environ.get("WANDB_PROJECT", "warmstart"),
-                "offline": mode != "online"}
+        return {"save_dir": logs, "project": os.environ.get("WANDB_PROJECT", PROJECT), "offline": mode != "online"}
     raise ValueError(f"unknown logger {name!r}")
+
+
+def local_mlflow_uri(logs: str | Path) -> str:
+    """The offline MLflow store of a run: a file store in ``logs/mlflow`` (MLflow 3 also needs
+    ``MLFLOW_ALLOW_FILE_STORE=true`` to open it).
+
+    Example:
+        >>> local_mlflow_uri("/runs/r18/logs")
+        'file:///runs/r18/logs/mlflow'
+    """
+    return (Path(logs) / "mlflow").resolve().as_uri()
 
 
 def _folders(lg: Any) -> list[str | Path]:
@@ -185,4 +194,5 @@ def _is_logger(obj: Any) -> bool:
     return isinstance(obj, Logger)
 
 
-__all__ = ["DEFAULT_LOGGERS", "KINDS", "build_loggers", "logger_paths", "resolve_loggers"]
+__all__ = ["DEFAULT_LOGGERS", "KINDS", "PROJECT", "build_loggers", "local_mlflow_uri", "logger_paths",
+           "resolve_loggers"]
