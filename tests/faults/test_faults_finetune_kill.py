@@ -101,6 +101,30 @@ def test_lightning_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     _assert_same_weights(tmp_path / "full" / "final.pt", tmp_path / "killed" / "final.pt")
 
 
+def test_lightning_kill_then_resume_keeps_the_anchor_on_the_starting_weights(tmp_path):
+    """L2-SP (plan ``anchor``): the resumed process starts from moved weights, so only the checkpoint knows w0."""
+    pytest.importorskip("lightning")
+    saved: dict = {}
+
+    def on_disk(run: Path) -> None:
+        ckpt = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert (ckpt["epoch"], ckpt["global_step"]) == (1, 8)
+        saved.update(ckpt["callbacks"]["Finetune{'module': None}"]["anchor"]["values"])
+
+    full, killed, resumed = kill_and_resume("finetune_kill_lightning.py", tmp_path, ("anchor",), "steps.jsonl",
+                                            on_disk)
+    start = torch.load(tmp_path / "full" / "start.pt", weights_only=True)
+    # What is anchored: the pretrained groups' weights, not the new head; the values are the run's starting ones.
+    assert sorted(saved) == sorted(k for k in start if k.split(".")[0] in ("stem", "block1", "block2")
+                                   and "running" not in k and "num_batches" not in k)
+    assert all(torch.equal(saved[k], start[k]) for k in saved)
+    assert [s["trainable"] for s in full[::4]] == [LIGHTNING_GROUPS[3:], LIGHTNING_GROUPS[2:],
+                                                   LIGHTNING_GROUPS[1:], LIGHTNING_GROUPS, LIGHTNING_GROUPS]
+    assert resumed == full[8:] and killed == full[:9]
+    # Bit for bit: a resume that re-captured the anchor at the interrupted weights would end elsewhere.
+    _assert_same_weights(tmp_path / "full" / "final.pt", tmp_path / "killed" / "final.pt")
+
+
 HF_GROUPS = ["embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "head"]
 
 

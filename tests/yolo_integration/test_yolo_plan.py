@@ -120,6 +120,7 @@ def yolo_model():
     (dict(plan={"layer_decay": 0.5}, layer_decay=0.7), r"both set \['layer_decay'\]"),
     (dict(unfreeze_schedule={"at": {"neck": 1}, "epochs": 3}), r"unknown key\(s\) \['epochs'\]"),
     (dict(freeze="head"), r"selects the head"),
+    (dict(plan={"anchor": 0.1}), r"wrap\(YOLO\(\.\.\.\)\): the plan.s anchor=0.1 \(L2-SP\) is applied only by"),
 ])
 def test_yolo_bad_plan_fails_at_wrap(yolo_model, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1,10 +1,11 @@
 """``FinetuneController``: applies a :class:`FinetunePlan` to one model and owns every decision it implies.
 
 Which parameters train at a position (freeze set, unfreeze schedule and LoRA together), the explicit lr of each
-param group, the BatchNorm mode of frozen groups, whether the optimizer holds every parameter, and what is saved
-for resume. Front ends (Lightning callbacks, the HF TrainerCallback, the Ultralytics trainer) translate their
-hooks into calls to this object and decide nothing themselves (ARCHITECTURE.md rules 1 and 10), so one plan gives
-the same trainable sets and lr ratios in every framework.
+param group, the BatchNorm mode of frozen groups, which weights the plan's ``anchor`` (L2-SP) pulls, whether the
+optimizer holds every parameter, and what is saved for resume. Front ends (Lightning callbacks, the HF
+TrainerCallback, the Ultralytics trainer) translate their hooks into calls to this object and decide nothing
+themselves (ARCHITECTURE.md rules 1 and 10), so one plan gives the same trainable sets and lr ratios in every
+framework.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from .anchor import WeightAnchor
 from .freezing import _apply_bn_policy, select_groups
 from .layers import ROLES, LayerGroup, group_names, layer_groups
 from .lora import apply_lora, has_lora
@@ -74,6 +76,9 @@ class FinetuneController:
         self.position_now: float | None = None
         self.trainable_groups: list[str] = []
         self.masked: list[nn.Parameter] = []  # frozen by gradient masking (apply(mask_grads=True))
+        self.anchor: WeightAnchor | None = None
+        if self.plan.anchor is not None:
+            self.anchor = WeightAnchor(self.anchored_parameters(), self.plan.anchor)
 
     # ------------------------------------------------------------------------------------------ schedule
     def _starts(self) -> list[float | None]:
@@ -201,6 +206,21 @@ class FinetuneController:
     def ever_trainable(self) -> set[str]:
         """Parameter names the plan trains at some position (frozen groups and LoRA base weights never do)."""
         return self.trainable_parameters(n for i, n in enumerate(self.group_names) if i not in self.frozen)
+
+    def anchored_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters an ``anchor`` pulls: the pretrained ones the plan ever trains (not the new head, not LoRA
+        adapters, not groups frozen for the whole run).
+
+        Example:
+            >>> import torchvision
+            >>> c = FinetuneController(torchvision.models.resnet18(num_classes=3), FinetunePlan(anchor=0.1))
+            >>> names = list(c.anchored_parameters())
+            >>> names[0], any(n.startswith("fc.") for n in names), len(c.anchor.params) == len(names)
+            ('conv1.weight', False, True)
+        """
+        ever = self.ever_trainable()
+        pretrained = {n for g in self.groups if g.role != "head" for n in g.param_names if not _ADAPTER.search(n)}
+        return {n: p for n, p in self.model.named_parameters() if n in ever and n in pretrained}
 
     def unfreeze_all(self) -> None:
         """Everything that can ever train trainable (for DDP wrapping and optimizer construction)."""

@@ -13,6 +13,9 @@ a model and applies it (ARCHITECTURE.md rule 10). Each option has exactly one me
   ``backbone_lr_ratio`` (every non-head group at ``lr * ratio``).
 - ``bn``: BatchNorm policy of frozen groups, ``"eval"`` or ``"train"``.
 - ``lora``: ``{"r", "alpha", "dropout", "targets"}``; the schedule then decides *when* each group's adapters train.
+- ``anchor``: L2-SP strength ``alpha`` (a float > 0): every optimizer step pulls the pretrained (non-head) weights
+  towards their values when training started by adding ``alpha * (w - w0)`` to their gradients
+  (:mod:`warmstart.core.anchor`; applied by the Lightning front end, refused by the others).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from .freezing import BN_POLICIES
 from .lora import check_lora_options
 from .param_groups import check_lr_options
-from .validation import check_non_negative, check_positive_int, check_range
+from .validation import check_finite_positive, check_non_negative, check_positive_int, check_range
 
 UNITS = ("epoch", "step", "fraction")
 LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0, "targets": "auto"}
@@ -59,6 +62,7 @@ class FinetunePlan:
     weight_decay: float | None = None
     bn: str = "eval"
     lora: dict[str, Any] | None = field(default=None)
+    anchor: float | None = None
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -97,6 +101,8 @@ class FinetunePlan:
             check_lora_options(self.lora["r"], self.lora["alpha"], self.lora["dropout"])
         if self.layer_patterns is not None:
             self.layer_patterns = list(self.layer_patterns)
+        if self.anchor is not None:
+            check_finite_positive("anchor", self.anchor)
 
     @property
     def has_schedule(self) -> bool:

@@ -32,6 +32,7 @@ transformers = require("transformers")
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import ExportableState  # noqa: E402
 
+from warmstart.core.anchor import refuse_anchor  # noqa: E402
 from warmstart.core.controller import FinetuneController  # noqa: E402
 from warmstart.core.plan import FinetunePlan  # noqa: E402
 from warmstart.core.validation import check_finite_positive, check_has_parameters  # noqa: E402
@@ -61,6 +62,8 @@ def shared_controller(model: nn.Module, plan: FinetunePlan | dict, part: str) ->
         (True, {'head_epochs': 1, 'layer_decay': 0.5})
     """
     plan = FinetunePlan.from_dict(plan)
+    # before the model is touched (LoRA goes in with the controller)
+    refuse_anchor(plan.anchor, {"callback": "FinetuneCallback", "optimizer": "plan_optimizer"}.get(part, part))
     slot = model.__dict__.get(_SLOT)
     if slot is None:
         slot = _PlanSlot()

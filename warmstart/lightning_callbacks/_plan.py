@@ -132,6 +132,9 @@ class PlanCallback(L.Callback, metaclass=abc.ABCMeta):
             return
         shared = self._shared
         c = shared.controller
+        if c.anchor is not None:
+            # after every setup-time weights loader (LoadBackboneWeights) ran; a resumed run loaded its anchors
+            c.anchor.capture()
         if c.plan.has_schedule and shared.drives_trainable:
             try:  # parameters missing now could never train once unfrozen (rule 2)
                 c.check_optimizer(_AllGroups(trainer.optimizers))
@@ -167,14 +170,20 @@ class PlanCallback(L.Callback, metaclass=abc.ABCMeta):
                            f"{len(c.group_names)} groups {names}")
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        # mask_grads mode: runs after backward (and the DDP all-reduce), before clipping and the optimizer step.
+        # Runs after backward (the DDP all-reduce, accumulation and AMP unscaling), before clipping and the step:
+        # masked gradients go first, so the anchor pulls only what trains at this step (as the loss term would).
         if self._leads:
-            self._shared.controller.drop_masked_gradients()
+            c = self._shared.controller
+            c.drop_masked_gradients()
+            if c.anchor is not None:
+                c.anchor.add_gradients()
 
     # ------------------------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
         c = self.controller
-        return {"controller": c.state_dict() if c is not None else None}
+        anchor = c.anchor if c is not None and self._leads else None
+        return {"controller": c.state_dict() if c is not None else None,
+                **({"anchor": anchor.state_dict()} if anchor is not None and anchor.captured else {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Runs after setup, before the strategy wraps the model: verify the layout and plan only. The position
@@ -184,6 +193,8 @@ class PlanCallback(L.Callback, metaclass=abc.ABCMeta):
         c = self.controller
         if c is not None and saved is not None:
             c.load_state_dict({**saved, "position": None})
+        if c is not None and c.anchor is not None and state_dict.get("anchor") is not None:
+            c.anchor.load_state_dict(state_dict["anchor"])  # the pretrained values, not the interrupted ones
 
 
 class _AllGroups:

@@ -50,6 +50,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 from ..core import apply_lora, has_lora  # noqa: E402
+from ..core.anchor import refuse_anchor  # noqa: E402
 from ..core.controller import FinetuneController  # noqa: E402
 from .config import YoloWarmstartConfig  # noqa: E402
 from .lora_merge import ADAPTER_FILE, clean_copy, restore_adapters, save_adapters  # noqa: E402
@@ -120,6 +121,7 @@ class WarmstartTrainerMixin:
             self.backbone_report = load_backbone_weights(model, ws.backbone_weights, min_match=ws.min_match,
                                                          allow_missing=ws.allow_missing)
             LOGGER.info(f"warmstart: {self.backbone_report.summary()} from {ws.backbone_weights}")
+        refuse_anchor(ws.finetune_plan.anchor, "the warmstart YOLO trainer")  # also on paths that skip wrap() (DDP)
         self.controller = FinetuneController(model, ws.plan)
         if ws.lora:
             if self.resume:
