@@ -114,4 +114,6 @@ def refuse_anchor(anchor: float | None, front_end: str) -> None:
     """
     if anchor is not None:
         raise ValueError(f"{front_end}: the plan's anchor={anchor:g} (L2-SP) is applied only by {ANCHOR_FRONT_ENDS} "
-                         "in this version; drop anchor= from the plan here, or fine-tune with Lightning")
+                         "in this version; drop anchor= from the plan here (for the declared few-label recipe: "
+                         "warmstart.core.recipes.recipe('lp_ft_gradual'), the same without it), or fine-tune with "
+                         "Lightning")
