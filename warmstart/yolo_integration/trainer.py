@@ -113,15 +113,16 @@ class WarmstartTrainerMixin:
     def get_model(self, cfg=None, weights=None, verbose=True):
         """The task model, then the pretrained backbone (new runs only), then the plan's controller (which adds
         LoRA); on resume the saved adapters come back into it."""
-        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         ws = self.warmstart
+        # before any model is built or loaded; wrap() checked it too, the DDP path comes here without wrap()
+        refuse_anchor(ws.finetune_plan.anchor, "the warmstart YOLO trainer")
+        model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         if ws.backbone_weights and not self.resume:
             from ..core.checkpoints import load_backbone_weights
 
             self.backbone_report = load_backbone_weights(model, ws.backbone_weights, min_match=ws.min_match,
                                                          allow_missing=ws.allow_missing)
             LOGGER.info(f"warmstart: {self.backbone_report.summary()} from {ws.backbone_weights}")
-        refuse_anchor(ws.finetune_plan.anchor, "the warmstart YOLO trainer")  # also on paths that skip wrap() (DDP)
         self.controller = FinetuneController(model, ws.plan)
         if ws.lora:
             if self.resume:
