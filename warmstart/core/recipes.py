@@ -48,9 +48,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
                   "bn": "eval"},
     "lora_body": {"unit": "fraction", "at": {"backbone": HEAD_FRACTION},
                   "lora": {"r": 8, "alpha": 16}, "bn": "eval"},
-    # L2-SP strengths from a sweep on Fashion-MNIST-5k's distillation weights (10 labels/class, seeds 0-2):
-    # lp_ft_gradual + anchor 0.01 / 0.1 / 0.3 / 1 / 3: 0.711 / 0.741 / 0.725 / 0.721 / 0.717; full + anchor 0.1 / 1:
-    # 0.705 / 0.738; without an anchor: 0.715 and 0.683
+    # L2-SP strengths picked by an ad-hoc sweep on Fashion-MNIST-5k's distillation weights (10 labels/class, seeds
+    # 0-2; not a benchmark of this repository); benchmarks/transfer.py measures the two chosen ones
     "lp_ft_gradual_sp": {**_LP_FT_GRADUAL, "anchor": 0.1},
     "full_sp": {**_FULL, "anchor": 1.0},
 }
