@@ -152,6 +152,28 @@ def test_hf_trainer_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     _assert_same_weights(tmp_path / "full" / "final.pt", tmp_path / "killed" / "final.pt")
 
 
+def test_text_pretraining_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
+    """transformers writes checkpoint-N in place; its own newest-checkpoint pick would take the half-written one."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    def on_disk(run: Path) -> None:
+        folders = run / "model" / "checkpoints"
+        assert (run / "hung").read_text() == "checkpoint-4"
+        assert sorted(p.name for p in folders.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+        # checkpoint-4: weights written, trainer state not; checkpoint-2 whole
+        assert (folders / "checkpoint-4" / "model.safetensors").is_file()
+        assert not (folders / "checkpoint-4" / "trainer_state.json").exists()
+        assert (folders / "checkpoint-2" / "trainer_state.json").is_file()
+
+    full, killed, resumed = kill_and_resume("text_pretrain_kill_worker.py", tmp_path, (), "steps.jsonl", on_disk)
+    assert [s["step"] for s in full] == list(range(1, 9))
+    assert killed == full[:4]
+    assert resumed == full[2:]  # from checkpoint-2: steps 3-8 again, on the same weights
+    a, b = (load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("full", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_yolo_kill_while_saving_then_resume_keeps_schedule_position(tmp_path):
     pytest.importorskip("ultralytics")
     from warmstart.testing import make_shapes_dataset

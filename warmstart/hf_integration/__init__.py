@@ -35,6 +35,7 @@ _ATTRIBUTES = {
     "load_pretrained_backbone": "vision",
     "image_classifier_from_export": "vision",
     "continue_pretraining": "text_pretraining",
+    "last_complete_checkpoint": "resume",
 }
 
 __all__ = sorted(_ATTRIBUTES)

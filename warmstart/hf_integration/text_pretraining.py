@@ -24,6 +24,7 @@ import torch
 
 from warmstart._optional import require
 
+from .resume import resume_path
 from .text_data import MAX_CHARS, read_texts
 from .text_loggers import run_environment, trainer_logging
 
@@ -55,7 +56,9 @@ def continue_pretraining(model_or_folder: str | Path | Any, data: str | Path | S
     ``training_args``: a dict of ``TrainingArguments`` fields over warmstart's defaults (``output_dir`` =
     ``out/checkpoints``, ``num_train_epochs=epochs``, lr 5e-5 (1e-3 with LoRA), batch 16, a checkpoint every 500
     steps, the last 2 kept), or a ``TrainingArguments`` used unchanged (its length and ``output_dir`` then decide;
-    ``epochs`` is ignored). ``resume_from_checkpoint`` goes to ``Trainer.train`` (``True``: the newest checkpoint).
+    ``epochs`` is ignored). ``resume_from_checkpoint`` goes to ``Trainer.train`` (``True``: the newest *complete*
+    checkpoint, see :func:`warmstart.hf_integration.resume.last_complete_checkpoint`; a named one is checked
+    complete first).
     ``logger``: the names image pretraining takes, comma-separated (csv, tensorboard, mlflow, wandb; see
     :func:`warmstart.hf_integration.text_loggers.trainer_logging`), written under ``out/logs``; csv is always on
     (``out/logs/csv/metrics.csv``), and the CLI adds tensorboard as for images. A ``report_to`` in
@@ -80,6 +83,9 @@ folder with config.json, weights and tokenizer files; no hub download)
     out = Path(out)
     logging_setup = trainer_logging(logger, out)  # bad names, objects, missing packages: fail before anything loads
     _check_out(out, resume_from_checkpoint)
+    args = _training_args(training_args, out, epochs, lora=bool(lora))
+    # a half-written newest checkpoint-N (killed while saving) is skipped, a named one checked: before any loading
+    resume = resume_path(resume_from_checkpoint, args.output_dir)
     corpus = read_texts(data, text_column=text_column, max_chars=max_document_chars)  # data errors before loading
     folder = None if isinstance(model_or_folder, torch.nn.Module) else _model_folder(model_or_folder)
     tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(folder, model_or_folder)
@@ -91,7 +97,6 @@ folder with config.json, weights and tokenizer files; no hub download)
     model = model_or_folder if folder is None else _load_model(folder, objective)
     if lora:
         model = _apply_lora(model, {} if lora is True else dict(lora))
-    args = _training_args(training_args, out, epochs, lora=bool(lora))
     collator = ResumableMasking(transformers.DataCollatorForLanguageModeling(
         _padding_tokenizer(tokenizer), mlm=objective == "mlm", mlm_probability=mask_prob if objective == "mlm"
         else None), seed=args.seed)
@@ -103,7 +108,7 @@ folder with config.json, weights and tokenizer files; no hub download)
         trainer = transformers.Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator,
                                        processing_class=tokenizer,
                                        callbacks=[collator.epoch_callback(), *logging_setup.callbacks, *callbacks])
-        result = trainer.train(resume_from_checkpoint=_resume_path(resume_from_checkpoint, args))
+        result = trainer.train(resume_from_checkpoint=resume)
 
     if lora:
         from warmstart.core import merge_lora
@@ -342,17 +347,6 @@ def _warmup_fraction(fraction: float) -> dict[str, float]:
     # transformers 5 reads a float warmup_steps as a fraction and deprecates warmup_ratio; 4.x wants an int there.
     major = int(transformers.__version__.split(".")[0])
     return {"warmup_steps": fraction} if major >= 5 else {"warmup_ratio": fraction}
-
-
-def _resume_path(resume: str | bool | None, args: Any) -> str | bool | None:
-    if resume is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if last is None:
-            raise ValueError(f"nothing to resume: no checkpoint-N folder in {args.output_dir}")
-        return last
-    return resume or None
 
 
 def _source_tensors(folder: Path) -> dict[str, Any]:
