@@ -10,6 +10,11 @@ warmstart config must come back from the checkpoint itself.
 Kill point: half-way through writing epoch 2's ``last.pt``, after 2 epochs were saved and a third trained: the one
 moment a kill can also destroy the checkpoint (Ultralytics alone writes ``last.pt`` in place). See
 finetune_kill_lightning.py for why a fixed point and not a race.
+
+``python finetune_kill_yolo.py ROOT DATA_YAML lora``: the same runs with ``lora={"r": 4, "alpha": 8}`` instead of
+the schedule. After every save the run writes the EMA's adapters (what ``last.pt`` holds, merged) to
+``OUT/saved_adapters_<epoch>.pt``; at ``on_train_start`` the resumed run writes its live adapters to
+``OUT/resumed_adapters.pt``. At the kill point, epoch 2's adapters file is already written and its ``last.pt`` not.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 from finetune_kill_common import hang_here, main
 from ultralytics import YOLO
 from ultralytics.utils.torch_utils import unwrap_model
 
 from warmstart.core import layer_groups
 from warmstart.yolo_integration import wrap
+from warmstart.yolo_integration.lora_merge import adapter_state
 
 EPOCHS, HANG_AT_EPOCH = 4, 2
 SCHEDULE = {"at": {"head": 0, "neck": 1, "backbone": 3}}  # resumed at epoch 2: neck trains, backbone not yet
@@ -70,13 +77,21 @@ def train(out: Path, hang: bool, resume: bool) -> None:
 
         Path.write_bytes = half_then_hang  # this forked run only
 
+    lora = sys.argv[3:] == ["lora"]
+    options = {"lora": {"r": 4, "alpha": 8}} if lora else {"unfreeze_schedule": SCHEDULE, "layer_decay": DECAY}
     if resume:
         yolo = wrap(YOLO(str(out / "run" / "weights" / "last.pt"), verbose=False))
     else:
-        yolo = wrap(YOLO("yolov8n.yaml", verbose=False), unfreeze_schedule=SCHEDULE, layer_decay=DECAY)
+        yolo = wrap(YOLO("yolov8n.yaml", verbose=False), **options)
     # on_train_start: after setup (and, when resuming, after the checkpoint is loaded), before the first epoch.
     yolo.add_callback("on_train_start", lambda trainer: record(trainer, "train_start"))
     yolo.add_callback("on_train_batch_end", record)
+    if lora:
+        yolo.add_callback("on_model_save", lambda trainer: torch.save(
+            adapter_state(trainer.ema.ema), out / f"saved_adapters_{trainer.epoch}.pt"))
+        if resume:
+            yolo.add_callback("on_train_start", lambda trainer: torch.save(
+                adapter_state(unwrap_model(trainer.model)), out / "resumed_adapters.pt"))
     if resume:
         yolo.train(resume=True, data=data, **ARGS)
     else:

@@ -207,3 +207,29 @@ def test_yolo_kill_while_saving_then_resume_keeps_schedule_position(tmp_path):
         # Ultralytics resumes from the EMA weights, so weights are not bit-exact; the lrs (warmup position x
         # per-group initial_lr from the restored optimizer) are.
         assert r["lrs"] == pytest.approx(u["lrs"], rel=1e-9, abs=1e-15), r["epoch"]
+
+
+def test_yolo_lora_kill_while_saving_resumes_with_the_adapters_of_the_saved_epoch(tmp_path):
+    """The adapters file and last.pt are two files: killed between them, the resume must pair last.pt (epoch 1)
+    with epoch 1's adapters, not with the epoch-2 adapters already on disk."""
+    pytest.importorskip("ultralytics")
+    pytest.importorskip("peft")
+    from warmstart.testing import make_shapes_dataset
+    from warmstart.yolo_integration.lora_merge import PENDING_ADAPTER_FILE, saved_epoch
+
+    data = str(make_shapes_dataset(tmp_path / "shapes"))
+
+    def on_disk(run: Path) -> None:
+        weights = run / "run" / "weights"
+        assert (run / "hung").read_text() == "writing last.pt of epoch 2"
+        assert torch.load(weights / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+        assert saved_epoch(weights / PENDING_ADAPTER_FILE) == 2  # written before last.pt, as every epoch
+        assert saved_epoch(weights / "last_lora.safetensors") == 1
+
+    kill_and_resume("finetune_kill_yolo.py", tmp_path, (data, "lora"), "batches.jsonl", on_disk)
+    killed = tmp_path / "killed"
+    saved = {e: torch.load(killed / f"saved_adapters_{e}.pt", weights_only=True) for e in (0, 1)}
+    resumed = torch.load(killed / "resumed_adapters.pt", weights_only=True)
+    assert resumed.keys() == saved[1].keys() and resumed
+    assert all(torch.equal(resumed[k], saved[1][k]) for k in resumed)  # epoch 1's, exactly
+    assert not all(torch.equal(saved[0][k], saved[1][k]) for k in resumed)  # the adapters did train

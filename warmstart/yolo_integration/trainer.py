@@ -18,13 +18,14 @@ Where each piece hooks into ``BaseTrainer`` (Ultralytics 8.4), and why there:
   both scale each group's ``initial_lr``, so the ratios between groups hold at every iteration. Our groups are
   never tagged ``param_group="bias"``: that tag makes warmup start biases at ``warmup_bias_lr``, which would break
   the ratio during warmup.
-- ``resume_training``: re-applies the trainable set once Ultralytics knows the epoch it resumes from.
+- ``resume_training``: re-applies the trainable set once Ultralytics knows the epoch it resumes from; with LoRA,
+  ``_load_checkpoint_state`` (which sees the checkpoint's epoch) puts that epoch's saved adapters back.
 - ``on_train_epoch_start`` (first in the list): the controller's trainable set for this epoch (and
   ``on_train_batch_start`` for plans counted in steps or fractions). The schedule is a pure function of the
   position, so resume lands on the same set. BatchNorm of frozen groups is pinned to eval by the controller.
 - ``save_model``: checkpoints get a clean copy (LoRA merged, no warmstart objects) so ``best.pt`` loads in plain
   Ultralytics, written atomically so a kill mid-save leaves the previous ``last.pt`` intact; the adapters go to a
-  small file next to ``last.pt`` for resume.
+  small file next to ``last.pt`` for resume (pending before ``last.pt``, renamed after it: see ``lora_merge``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,14 @@ from ..core import apply_lora, has_lora  # noqa: E402
 from ..core.anchor import refuse_anchor  # noqa: E402
 from ..core.controller import FinetuneController  # noqa: E402
 from .config import YoloWarmstartConfig  # noqa: E402
-from .lora_merge import ADAPTER_FILE, clean_copy, restore_adapters, save_adapters  # noqa: E402
+from .lora_merge import (  # noqa: E402
+    ADAPTER_FILE,
+    PENDING_ADAPTER_FILE,
+    adapters_file_for,
+    clean_copy,
+    restore_adapters,
+    save_adapters,
+)
 
 ARG = "warmstart"  # the train argument (and trainer.args attribute) that carries the config
 
@@ -125,8 +133,7 @@ class WarmstartTrainerMixin:
             LOGGER.info(f"warmstart: {self.backbone_report.summary()} from {ws.backbone_weights}")
         self.controller = FinetuneController(model, ws.plan)
         if ws.lora:
-            if self.resume:
-                restore_adapters(model, Path(self.args.resume).parent / ADAPTER_FILE)
+            # on resume the saved adapters come back in _load_checkpoint_state, which knows the checkpoint's epoch
             # build_optimizer applies the plan's trainable set; until then keep Ultralytics' own freeze pass from
             # warning once per frozen base weight.
             for p in model.parameters():
@@ -137,11 +144,18 @@ class WarmstartTrainerMixin:
         # The checkpoint's EMA is the merged, plain model; give it the live model's LoRA structure (same split into
         # base + adapter) so Ultralytics' strict EMA load matches.
         lora = self.warmstart.lora
-        if lora and ckpt.get("ema") is not None and not has_lora(ckpt["ema"]):
-            ema = apply_lora(ckpt["ema"].float(), r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
-                             targets=lora["targets"])
-            restore_adapters(ema, Path(self.args.resume).parent / ADAPTER_FILE)
-            ckpt = {**ckpt, "ema": ema}
+        if lora:
+            # The adapters saved with this checkpoint's epoch (a kill between the adapters file and last.pt leaves
+            # one of the two files at that epoch); the live model gets them in place, so the optimizer built on
+            # its parameters keeps pointing at them.
+            epoch = ckpt.get("epoch")
+            adapters = adapters_file_for(Path(self.args.resume).parent, epoch)
+            restore_adapters(unwrap_model(self.model), adapters, epoch)
+            if ckpt.get("ema") is not None and not has_lora(ckpt["ema"]):
+                ema = apply_lora(ckpt["ema"].float(), r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
+                                 targets=lora["targets"])
+                restore_adapters(ema, adapters, epoch)
+                ckpt = {**ckpt, "ema": ema}
         super()._load_checkpoint_state(ckpt)
 
     # ------------------------------------------------------------------------------------------ freezing
@@ -245,8 +259,9 @@ class WarmstartTrainerMixin:
         partial one).
         """
         live = self.ema.ema
-        if self.warmstart.lora:
-            save_adapters(live, self.wdir / ADAPTER_FILE)
+        pending = self.wdir / PENDING_ADAPTER_FILE
+        if self.warmstart.lora:  # before last.pt, renamed after it (lora_merge's module docstring says why)
+            save_adapters(live, pending, epoch=self.epoch)
         self.ema.ema = clean_copy(live)
         final = (self.last, self.best)
         temps = tuple(p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp") for p in final)
@@ -256,6 +271,8 @@ class WarmstartTrainerMixin:
             for tmp, path in zip(temps, final):
                 if tmp.exists():  # best.pt only when this epoch is the best so far
                     os.replace(tmp, path)
+            if self.warmstart.lora:
+                os.replace(pending, self.wdir / ADAPTER_FILE)
             return saved
         finally:
             self.last, self.best = final
