@@ -11,6 +11,7 @@ groups, BatchNorm modes, the lr of every param group, and (Lightning, HF) the fi
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -172,6 +173,12 @@ def test_text_pretraining_killed_while_saving_resumes_from_the_last_complete_che
     assert resumed == full[2:]  # from checkpoint-2: steps 3-8 again, on the same weights
     a, b = (load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("full", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The CSV log: the killed run had logged steps 3-4 after checkpoint-2; the resumed run logs them again, and
+    # each step's row is there once, with the uninterrupted run's values.
+    logged = {run: [row for row in csv.reader((tmp_path / run / "model" / "logs" / "csv" / "metrics.csv").open())
+                    if row[2] in ("loss", "learning_rate", "grad_norm")] for run in ("full", "killed")}
+    assert [int(row[0]) for row in logged["killed"] if row[2] == "loss"] == list(range(1, 9))
+    assert logged["killed"] == logged["full"]
 
 
 def test_yolo_kill_while_saving_then_resume_keeps_schedule_position(tmp_path):

@@ -1,11 +1,11 @@
-"""Worker for test_faults_text_pretrain_kill: ``continue_pretraining`` (MLM) killed while it saves a checkpoint.
+"""Worker for test_faults_finetune_kill: ``continue_pretraining`` (MLM) killed while it saves a checkpoint.
 
 Run as ``python text_pretrain_kill_worker.py ROOT`` (the runs and the protocol: ``finetune_kill_common.py``).
 The worker first saves a 1-layer BERT (dropout off) with a WordPiece vocabulary of the corpus's words to
 ``ROOT/tiny-bert``. Each run continues pretraining it for 8 steps with a ``checkpoint-N`` every 2 steps (the last 2
-kept), appends one JSON line per step (step, a checksum of one weight) to ``OUT/steps.jsonl`` and saves the model
-to ``OUT/model``. The resume calls ``continue_pretraining(..., resume_from_checkpoint=True)`` in a process that
-has only what is on disk.
+kept), logs every step (``OUT/model/logs/csv/metrics.csv``), appends one JSON line per step (step, a checksum of
+one weight) to ``OUT/steps.jsonl`` and saves the model to ``OUT/model``. The resume calls
+``continue_pretraining(..., resume_from_checkpoint=True)`` in a process that has only what is on disk.
 
 Kill point: inside the save of ``checkpoint-4``, after transformers wrote its weights and optimizer and before its
 RNG states and ``trainer_state.json`` (it writes the folder in place, file by file): the newest folder on disk is
@@ -74,7 +74,7 @@ def train(out: Path, hang: bool, resume: bool) -> None:
             return save_rng_state(self, output_dir, *args, **kwargs)
 
         transformers.Trainer._save_rng_state = save_then_hang  # this forked run only
-    args = {"use_cpu": True, "disable_tqdm": True, "logging_strategy": "no", "per_device_train_batch_size": 4,
+    args = {"use_cpu": True, "disable_tqdm": True, "logging_steps": 1, "per_device_train_batch_size": 4,
             "dataloader_pin_memory": False, "dataloader_num_workers": 0, "max_steps": STEPS,
             "save_strategy": "steps", "save_steps": SAVE_EVERY, "full_determinism": True}
     continue_pretraining(Path(sys.argv[1]) / "tiny-bert", TEXTS, out / "model", max_length=16, training_args=args,

@@ -96,7 +96,9 @@ class CsvLogCallback(transformers.TrainerCallback):
     """Append every Trainer log record to a CSV file as ``step, epoch, name, value`` rows (main process only).
 
     One row per value keeps the columns fixed while the logged names change (loss, then the final train summary)
-    and lets a resumed run append to the same file.
+    and lets a resumed run append to the same file. At train begin (after a resume has restored the step) the file
+    keeps only whole rows up to that step: rows a killed run logged after its checkpoint would otherwise appear
+    twice, and a row cut off mid-write would be glued to the next one.
 
     Example:
         >>> import tempfile, types
@@ -109,6 +111,34 @@ class CsvLogCallback(transformers.TrainerCallback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Drop rows after the step this run starts from (all of them for a new run), and partial rows.
+
+        Example:
+            >>> import tempfile, types
+            >>> path = Path(tempfile.mkdtemp()) / "metrics.csv"
+            >>> _ = path.write_text("step,epoch,name,value\\n2,0.2,loss,3.0\\n4,0.4,loss,2.5\\n5,0.5,lo")  # killed
+            >>> state = types.SimpleNamespace(is_world_process_zero=True, global_step=2, epoch=0.2)
+            >>> CsvLogCallback(path).on_train_begin(None, state, None)  # resumed from checkpoint-2
+            >>> path.read_text().splitlines()
+            ['step,epoch,name,value', '2,0.2,loss,3.0']
+        """
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        with self.path.open(newline="") as handle:
+            text = handle.read()
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):  # cut off mid-write
+            lines.pop()
+        rows = [row for row in csv.reader(line.rstrip("\r\n") for line in lines[1:])
+                if len(row) == len(CSV_COLUMNS) and _step(row[0]) is not None and _step(row[0]) <= state.global_step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            writer.writerows(rows)
+        os.replace(tmp, self.path)  # the old file or the cleaned one, never half of it
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         """Append ``logs``' numeric values."""
@@ -123,6 +153,10 @@ class CsvLogCallback(transformers.TrainerCallback):
             if new:
                 writer.writerow(CSV_COLUMNS)
             writer.writerows(rows)
+
+
+def _step(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
 
 
 __all__ = ["CSV_FILE", "CsvLogCallback", "TrainerLogging", "run_environment", "trainer_logging"]
