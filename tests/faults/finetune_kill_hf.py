@@ -6,6 +6,9 @@ every 3 steps; appends one JSON line per step to ``OUT/steps.jsonl`` (step, epoc
 group's lr) and writes the final weights to ``OUT/final.pt``. The resume runs
 ``trainer.train(resume_from_checkpoint=True)`` (the newest checkpoint).
 
+``python finetune_kill_hf.py ROOT anchor``: the same schedule and lrs as one plan with ``anchor`` (L2-SP) through
+``FinetuneCallback(plan)`` + ``plan_optimizer``; the starting weights go to ``OUT/start.pt``.
+
 Kill point: once step 10 is done (checkpoint-9 is the newest, one step of epoch 2 lives only in memory; see
 finetune_kill_lightning.py for why not a race).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -21,7 +25,7 @@ import transformers
 from finetune_kill_common import hang_here, main
 
 from warmstart.core import frozen_groups, group_names, layer_groups
-from warmstart.hf_integration import GradualUnfreezing, llrd_optimizer
+from warmstart.hf_integration import FinetuneCallback, GradualUnfreezing, llrd_optimizer, plan_optimizer
 
 EPOCHS, BATCH, SAMPLES = 4, 8, 32  # 4 steps per epoch
 HANG_AFTER_STEP = 10
@@ -81,10 +85,15 @@ def train(out: Path, hang: bool, resume: bool) -> None:
         save_strategy="steps", save_steps=3, per_device_train_batch_size=BATCH, num_train_epochs=EPOCHS,
         lr_scheduler_type="linear", warmup_steps=2, seed=0, full_determinism=True,
         dataloader_num_workers=0, dataloader_pin_memory=False)
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=Tokens(),
-        callbacks=[GradualUnfreezing(head_epochs=1, every=1), StepLog(out, hang)],
-        optimizer_cls_and_kwargs=llrd_optimizer(model, lr=2e-3, layer_decay=0.5, weight_decay=0.01))
+    if sys.argv[2:] == ["anchor"]:  # the same schedule and lrs as one plan, plus L2-SP
+        plan = {"head_epochs": 1, "every": 1, "layer_decay": 0.5, "anchor": 0.5}
+        callback, optimizer = FinetuneCallback(plan), plan_optimizer(model, plan, lr=2e-3, weight_decay=0.01)
+        torch.save({k: v.clone() for k, v in model.state_dict().items()}, out / "start.pt")
+    else:
+        callback = GradualUnfreezing(head_epochs=1, every=1)
+        optimizer = llrd_optimizer(model, lr=2e-3, layer_decay=0.5, weight_decay=0.01)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(),
+                                   callbacks=[callback, StepLog(out, hang)], optimizer_cls_and_kwargs=optimizer)
     trainer.train(resume_from_checkpoint=True if resume else None)
     torch.save(model.state_dict(), out / "final.pt")
 

@@ -153,6 +153,31 @@ def test_hf_trainer_kill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     _assert_same_weights(tmp_path / "full" / "final.pt", tmp_path / "killed" / "final.pt")
 
 
+def test_hf_kill_then_resume_keeps_the_anchor_on_the_starting_weights(tmp_path):
+    """L2-SP through FinetuneCallback: the resumed process starts from moved weights; only output_dir knows w0."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    saved: dict = {}
+
+    def on_disk(run: Path) -> None:
+        state = json.loads((run / "run" / "checkpoint-9" / "trainer_state.json").read_text())
+        path = Path(state["stateful_callbacks"]["FinetuneCallback"]["attributes"]["_anchor_file"])
+        assert path == (run / "run" / "warmstart_anchor.safetensors").resolve()
+        saved.update(load_file(str(path)))
+
+    full, killed, resumed = kill_and_resume("finetune_kill_hf.py", tmp_path, ("anchor",), "steps.jsonl", on_disk)
+    start = torch.load(tmp_path / "killed" / "start.pt", weights_only=True)
+    # What is anchored: every pretrained (non-head) weight, at the run's starting values
+    assert saved and not any(k.startswith("classifier") for k in saved)
+    assert all(torch.equal(saved[k], start[k]) for k in saved)
+    g = HF_GROUPS
+    assert [s["trainable"] for s in full[::4]] == [g[3:], g[2:], g[1:], g]
+    assert killed == full[:10] and resumed == full[9:]
+    # Bit for bit: a resume that re-captured the anchor at the interrupted weights would end elsewhere.
+    _assert_same_weights(tmp_path / "full" / "final.pt", tmp_path / "killed" / "final.pt")
+
+
 def test_text_pretraining_killed_while_saving_resumes_from_the_last_complete_checkpoint(tmp_path):
     """transformers writes checkpoint-N in place; its own newest-checkpoint pick would take the half-written one."""
     pytest.importorskip("transformers")

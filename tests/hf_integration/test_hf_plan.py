@@ -162,18 +162,6 @@ def test_bad_plans_fail_at_train_begin_listing_the_groups(tmp_path, plan, messag
         _train(tmp_path, FinetuneCallback(plan), num_train_epochs=2, max_steps=-1)
 
 
-def test_anchor_is_refused_before_the_model_is_touched(tmp_path):
-    """L2-SP is applied by the Lightning front end only: the Trainer path says so instead of ignoring it."""
-    model = tiny_bert()
-    with pytest.raises(ValueError, match=r"plan_optimizer: the plan's anchor=0.1 \(L2-SP\) is applied only by the "
-                                         r"Lightning front end"):
-        plan_optimizer(model, {"anchor": 0.1}, lr=1e-3)
-    with pytest.raises(ValueError, match=r"FinetuneCallback: the plan's anchor=0.1"):
-        transformers.Trainer(model=model, args=training_args(tmp_path, max_steps=1), train_dataset=TokenDataset(8),
-                             callbacks=[FinetuneCallback({"anchor": 0.1})])
-    assert not hasattr(model, "_warmstart_plan")  # nothing was attached to the model
-
-
 def test_open_ended_schedule_that_outlasts_the_run_is_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"\['embeddings', 'bert.encoder.layer.0'\].*never train"):
         _train(tmp_path, FinetuneCallback({"head_epochs": 1, "every": 2}), num_train_epochs=2, max_steps=-1)

@@ -24,7 +24,8 @@ from torch import nn
 from .validation import check_finite_positive
 
 # Front ends that apply an anchor; the others refuse a plan with one (see refuse_anchor).
-ANCHOR_FRONT_ENDS = "the Lightning front end (warmstart.lightning_callbacks.Finetune)"
+ANCHOR_FRONT_ENDS = ("the Lightning and Hugging Face front ends (warmstart.lightning_callbacks.Finetune, "
+                     "warmstart.hf_integration.FinetuneCallback)")
 
 
 class WeightAnchor:
@@ -110,10 +111,10 @@ def refuse_anchor(anchor: float | None, front_end: str) -> None:
         >>> refuse_anchor(0.1, "FinetuneCallback")
         Traceback (most recent call last):
         ...
-        ValueError: FinetuneCallback: the plan's anchor=0.1 (L2-SP) is applied only by the Lightning front end ...
+        ValueError: FinetuneCallback: the plan's anchor=0.1 (L2-SP) is applied only by the Lightning and Hugging ...
     """
     if anchor is not None:
         raise ValueError(f"{front_end}: the plan's anchor={anchor:g} (L2-SP) is applied only by {ANCHOR_FRONT_ENDS} "
                          "in this version; drop anchor= from the plan here (for the declared few-label recipe: "
                          "warmstart.core.recipes.recipe('lp_ft_gradual'), the same without it), or fine-tune with "
-                         "Lightning")
+                         "one of those")

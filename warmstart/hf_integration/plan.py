@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ transformers = require("transformers")
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import ExportableState  # noqa: E402
 
-from warmstart.core.anchor import refuse_anchor  # noqa: E402
+from warmstart.core.checkpoints import read_weights, save_weights  # noqa: E402
 from warmstart.core.controller import FinetuneController  # noqa: E402
 from warmstart.core.plan import FinetunePlan  # noqa: E402
 from warmstart.core.validation import check_finite_positive, check_has_parameters  # noqa: E402
@@ -40,6 +41,9 @@ from warmstart.core.validation import check_finite_positive, check_has_parameter
 logger = logging.getLogger(__name__)
 
 _SLOT = "_warmstart_plan"
+# The anchor's starting values (plan ``anchor``, L2-SP), written once per run into ``output_dir``: a resumed run's
+# weights have moved, so only this file knows where they started.
+ANCHOR_FILE = "warmstart_anchor.safetensors"
 
 
 @dataclass
@@ -62,8 +66,6 @@ def shared_controller(model: nn.Module, plan: FinetunePlan | dict, part: str) ->
         (True, {'head_epochs': 1, 'layer_decay': 0.5})
     """
     plan = FinetunePlan.from_dict(plan)
-    # before the model is touched (LoRA goes in with the controller)
-    refuse_anchor(plan.anchor, {"callback": "FinetuneCallback", "optimizer": "plan_optimizer"}.get(part, part))
     slot = model.__dict__.get(_SLOT)
     if slot is None:
         slot = _PlanSlot()
@@ -77,6 +79,27 @@ def shared_controller(model: nn.Module, plan: FinetunePlan | dict, part: str) ->
     if slot.controller is None or slot.controller.plan != merged:
         slot.controller = FinetuneController(model, merged)
     return slot.controller
+
+
+def check_anchor_arguments(args: Any) -> None:
+    """Refuse an anchor where its gradient would be added to fp16-scaled gradients.
+
+    The Trainer unscales fp16 gradients inside its clipping; with ``max_grad_norm=0`` they are still scaled when
+    the anchor adds to them, which would shrink its pull by the loss scale.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> check_anchor_arguments(SimpleNamespace(fp16=True, max_grad_norm=1.0))
+        >>> try:
+        ...     check_anchor_arguments(SimpleNamespace(fp16=True, max_grad_norm=0.0))
+        ... except ValueError as err:
+        ...     print(str(err).split(":")[0])
+        the plan's anchor (L2-SP) with fp16 needs gradient clipping (max_grad_norm > 0)
+    """
+    if getattr(args, "fp16", False) and not getattr(args, "max_grad_norm", 0):
+        raise ValueError("the plan's anchor (L2-SP) with fp16 needs gradient clipping (max_grad_norm > 0): the Trainer "
+                         "unscales fp16 gradients only there, and the anchor adds its pull after it; set "
+                         "max_grad_norm, or use bf16")
 
 
 def _is_checkpointing(model: nn.Module) -> bool:
@@ -186,6 +209,7 @@ class FinetuneCallback(TrainerCallback, ExportableState):
         self.plan = FinetunePlan.from_dict(plan)
         self.controller: FinetuneController | None = None
         self._checkpoint_state: dict | None = None  # restored by the Trainer (restore_callback_states_...)
+        self._anchor_file: str | None = None  # where this run's anchor starting values are (plan ``anchor``)
 
     @property
     def trainable_groups(self) -> list[str]:
@@ -230,6 +254,8 @@ class FinetuneCallback(TrainerCallback, ExportableState):
                 raise ValueError(f"the plan sets an lr rule {controller.plan.lr_rule}, but the Trainer's optimizer "
                                  "was not built from it: pass optimizer_cls_and_kwargs=plan_optimizer(model, plan). "
                                  f"Groups: {controller.group_names}")
+        if controller.anchor is not None:
+            self._start_anchor(args, state, controller)
         horizon = _horizon(state, controller.plan.unit)
         if horizon:
             controller.check_horizon(horizon)
@@ -238,6 +264,33 @@ class FinetuneCallback(TrainerCallback, ExportableState):
             raise ValueError(f"{type(self).__name__} under DDP needs TrainingArguments(ddp_find_unused_parameters="
                              "True): frozen layers produce no gradients for DDP to reduce.")
         self._apply(state)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        # After accumulation, DDP's all-reduce and the Trainer's clipping (which unscales fp16 gradients first;
+        # without clipping fp16 is refused at train begin), right before optimizer.step().
+        if self.controller is not None and self.controller.anchor is not None:
+            self.controller.anchor.add_gradients()
+
+    def _start_anchor(self, args: Any, state: Any, controller: FinetuneController) -> None:
+        """The anchor's starting values: this run's weights now (saved to ``output_dir/ANCHOR_FILE``), or, on resume,
+        the ones the interrupted run saved there."""
+        check_anchor_arguments(args)
+        saved = self._saved_attributes(state).get("_anchor_file")
+        if state.global_step:
+            if not saved or not Path(saved).is_file():
+                raise ValueError(f"cannot resume the plan's anchor (L2-SP): its starting weights {saved or ANCHOR_FILE}"
+                                 " are not there (written into output_dir when the run started); resume in the run's "
+                                 "output_dir, or start a new run")
+            controller.anchor.load_state_dict({"values": read_weights(saved)})
+            self._anchor_file = saved  # later checkpoints of the resumed run point at the same file
+        else:
+            controller.anchor.values = {}  # a new run of a reused callback starts from these weights
+            controller.anchor.capture()
+            path = Path(args.output_dir) / ANCHOR_FILE
+            if state.is_world_process_zero:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_weights(controller.anchor.state_dict()["values"], path)
+            self._anchor_file = str(path.resolve())
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.controller is not None and self.controller.plan.unit == "epoch":
@@ -273,8 +326,10 @@ class FinetuneCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         """JSON-safe constructor arguments + the controller's state, stored by the Trainer in every checkpoint."""
-        return {"args": self._args(),
-                "attributes": {"_checkpoint_state": self.controller.state_dict() if self.controller else None}}
+        attributes: dict[str, Any] = {"_checkpoint_state": self.controller.state_dict() if self.controller else None}
+        if getattr(self, "_anchor_file", None):
+            attributes["_anchor_file"] = self._anchor_file
+        return {"args": self._args(), "attributes": attributes}
 
     def _args(self) -> dict:
         return {"plan": self.plan.to_dict()}
@@ -333,6 +388,10 @@ class PlanOptimizer(torch.optim.Optimizer):
         if trainer is not None and trainer.state.global_step:  # resuming: the checkpoint's optimizer state loads
             _check_resume(trainer, model)                     # next, so check its group layout first
         controller = shared_controller(model, plan, part)
+        if controller.anchor is not None and trainer is not None and "callback" not in model.__dict__[_SLOT].parts:
+            raise ValueError(f"the plan's anchor={controller.plan.anchor:g} (L2-SP) is applied by FinetuneCallback at "
+                             "each optimizer step: add Trainer(callbacks=[FinetuneCallback(plan)]) next to "
+                             "plan_optimizer(model, plan)")
         if lr is None:
             if args is None:
                 raise ValueError("no lr given and no Trainer is building this optimizer (the lr would come from "
