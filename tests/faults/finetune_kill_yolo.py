@@ -15,6 +15,9 @@ finetune_kill_lightning.py for why a fixed point and not a race.
 the schedule. After every save the run writes the EMA's adapters (what ``last.pt`` holds, merged) to
 ``OUT/saved_adapters_<epoch>.pt``; at ``on_train_start`` the resumed run writes its live adapters to
 ``OUT/resumed_adapters.pt``. At the kill point, epoch 2's adapters file is already written and its ``last.pt`` not.
+
+``python finetune_kill_yolo.py ROOT DATA_YAML anchor``: the schedule plus ``anchor`` (L2-SP); at ``on_train_start``
+the resumed run writes its anchor's starting values and its weights to ``OUT/resumed_anchor.pt``.
 """
 
 from __future__ import annotations
@@ -77,8 +80,10 @@ def train(out: Path, hang: bool, resume: bool) -> None:
 
         Path.write_bytes = half_then_hang  # this forked run only
 
-    lora = sys.argv[3:] == ["lora"]
+    lora, anchor = sys.argv[3:] == ["lora"], sys.argv[3:] == ["anchor"]
     options = {"lora": {"r": 4, "alpha": 8}} if lora else {"unfreeze_schedule": SCHEDULE, "layer_decay": DECAY}
+    if anchor:
+        options["plan"] = {"anchor": 5.0}
     if resume:
         yolo = wrap(YOLO(str(out / "run" / "weights" / "last.pt"), verbose=False))
     else:
@@ -86,6 +91,11 @@ def train(out: Path, hang: bool, resume: bool) -> None:
     # on_train_start: after setup (and, when resuming, after the checkpoint is loaded), before the first epoch.
     yolo.add_callback("on_train_start", lambda trainer: record(trainer, "train_start"))
     yolo.add_callback("on_train_batch_end", record)
+    if anchor and resume:  # after the checkpoint is loaded, before any step: what the resumed run pulls towards
+        yolo.add_callback("on_train_start", lambda trainer: torch.save(
+            {"anchor": {k: v.cpu() for k, v in trainer.controller.anchor.values.items()},
+             "weights": {k: v.detach().clone() for k, v in unwrap_model(trainer.model).state_dict().items()}},
+            out / "resumed_anchor.pt"))
     if lora:
         yolo.add_callback("on_model_save", lambda trainer: torch.save(
             adapter_state(trainer.ema.ema), out / f"saved_adapters_{trainer.epoch}.pt"))

@@ -265,3 +265,26 @@ def test_yolo_lora_kill_while_saving_resumes_with_the_adapters_of_the_saved_epoc
     assert resumed.keys() == saved[1].keys() and resumed
     assert all(torch.equal(resumed[k], saved[1][k]) for k in resumed)  # epoch 1's, exactly
     assert not all(torch.equal(saved[0][k], saved[1][k]) for k in resumed)  # the adapters did train
+
+
+def test_yolo_kill_then_resume_keeps_the_anchor_on_the_starting_weights(tmp_path):
+    """L2-SP in the YOLO trainer: last.pt holds moved weights; the anchor must come back from the run's start."""
+    pytest.importorskip("ultralytics")
+    from safetensors.torch import load_file
+
+    from warmstart.testing import make_shapes_dataset
+
+    data = str(make_shapes_dataset(tmp_path / "shapes"))
+    start: dict = {}
+
+    def on_disk(run: Path) -> None:
+        assert torch.load(run / "run" / "weights" / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+        start.update(load_file(str(run / "run" / "weights" / "warmstart_anchor.safetensors")))
+
+    full, killed, resumed = kill_and_resume("finetune_kill_yolo.py", tmp_path, (data, "anchor"), "batches.jsonl",
+                                            on_disk)
+    saved = torch.load(tmp_path / "killed" / "resumed_anchor.pt", weights_only=True)
+    assert start and saved["anchor"].keys() == start.keys()
+    assert all(torch.equal(saved["anchor"][k], start[k]) for k in start)  # the run's start, not where it stopped
+    assert not all(torch.equal(saved["weights"][k], start[k]) for k in start)  # (the weights did move)
+    assert [b["epoch"] for b in resumed if b["at"] == "batch"] == [2, 2, 3, 3]

@@ -1,5 +1,5 @@
 """Plan ``anchor`` (L2-SP) in a real Lightning fit: the same update as the loss term, only pretrained weights pulled,
-the starting point taken after a weights loader ran (HF and YOLO refuse it: their plan tests)."""
+the starting point taken after a weights loader ran (HF: test_hf_anchor.py; YOLO: test_yolo_plan.py)."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def yolo_model():
     (dict(plan={"layer_decay": 0.5}, layer_decay=0.7), r"both set \['layer_decay'\]"),
     (dict(unfreeze_schedule={"at": {"neck": 1}, "epochs": 3}), r"unknown key\(s\) \['epochs'\]"),
     (dict(freeze="head"), r"selects the head"),
-    (dict(plan={"anchor": 0.1}), r"wrap\(YOLO\(\.\.\.\)\): the plan.s anchor=0.1 \(L2-SP\) is applied only by"),
+    (dict(plan={"anchor": -0.1}), r"anchor must be"),
 ])
 def test_yolo_bad_plan_fails_at_wrap(yolo_model, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -132,3 +132,26 @@ def test_yolo_schedule_past_last_epoch_fails_at_setup(tmp_path):
     yolo = wrap(YOLO("yolov8n.yaml", verbose=False), plan={"at": {"neck": 1, "backbone": 3}})
     with pytest.raises(ValueError, match=r"starts group\(s\) \['model.0'.*at epoch 3.*ends after 2 epochs.*Groups"):
         yolo.train(data=str(data), epochs=2, project=str(tmp_path / "runs"), name="late", **PLAN_TRAIN_ARGS)
+
+
+def test_yolo_anchor_pulls_the_pretrained_weights_towards_their_start(tmp_path):
+    """Plan ``anchor`` (L2-SP) in a real Ultralytics run: the body moves less than without it, the head is not
+    pulled, and the starting values (saved next to last.pt for resume) are the run's first weights."""
+    from safetensors.torch import load_file
+
+    plain = yolo_plan_run({"layer_decay": 0.9}, 2, tmp_path / "plain")  # the anchor is the one difference
+    anchored = yolo_plan_run({"layer_decay": 0.9, "anchor": 20.0}, 2, tmp_path / "anchored")
+    init = anchored["initial"]
+    assert all(torch.equal(init[k], plain["initial"][k]) for k in init)  # same seed: the same start
+    anchor = anchored["trainer"].controller.anchor
+    head = anchored["trainer"].controller.groups[-1].name
+    assert anchor.params and not any(n.startswith(head + ".") for n in anchor.params)
+    assert all(torch.equal(anchor.values[n].cpu(), init[n]) for n in anchor.params)
+    saved = load_file(str(anchored["trainer"].wdir / "warmstart_anchor.safetensors"))
+    assert saved.keys() == anchor.params.keys() and all(torch.equal(saved[n], init[n]) for n in saved)
+
+    def moved(run) -> float:
+        after = run["after"][1]
+        return sum(float((after[n] - init[n]).pow(2).sum()) for n in anchor.params) ** 0.5
+
+    assert 0 < moved(anchored) < 0.7 * moved(plain)

@@ -106,16 +106,6 @@ def test_yolo_config_survives_ddp_style_rebuild(tmp_path):
     assert YoloWarmstartConfig.from_json(worker.args.warmstart) == cfg
 
 
-def test_yolo_trainer_built_without_wrap_refuses_an_anchor_before_building_the_model(tmp_path):
-    """The DDP worker rebuilds the trainer from its args and never calls wrap(): the trainer checks the plan too."""
-    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
-    trainer = WarmstartDetectionTrainer(overrides={"model": "yolov8n.yaml", "data": str(data), "imgsz": 64,
-                                                   "device": "cpu", "project": str(tmp_path / "runs"), "plots": False,
-                                                   "warmstart": YoloWarmstartConfig(plan={"anchor": 0.1}).to_json()})
-    with pytest.raises(ValueError, match=r"the warmstart YOLO trainer: the plan's anchor=0.1 \(L2-SP\)"):
-        trainer.get_model(cfg="yolov8n.yaml", verbose=False)
-
-
 def test_yolo_lora_adapters_round_trip_through_merged_checkpoint(tmp_path):
     """Resume of a LoRA run: merged weights + saved adapters -> base + adapters with the same outputs."""
     pytest.importorskip("peft")

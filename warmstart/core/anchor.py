@@ -4,8 +4,10 @@ Li, Grandvalet and Davoine, "Explicit inductive bias for transfer learning with 
 add ``alpha / 2 * ||w - w0||^2`` over the pretrained weights ``w`` (``w0``: their values when fine-tuning started)
 to the loss, so with few labels the body moves only as far as the data insists. :class:`WeightAnchor` adds that
 term's gradient, ``alpha * (w - w0)``, to each anchored parameter's gradient once per optimizer step (after
-backward and gradient accumulation, after AMP unscaling): the same update as the loss term, without touching the
-user's loss. Only parameters that have a gradient at that step are pulled, so frozen groups stay as they are.
+backward and gradient accumulation; multiplied by the AMP scale where the gradients are still scaled): the same
+update as the loss term, without touching the user's loss. Lightning adds it before clipping, the YOLO trainer
+before Ultralytics' unscale and clip, the HF callback after the Trainer's clipping (its only hook there). Only
+parameters that have a gradient at that step are pulled, so frozen groups stay as they are.
 
 What is anchored (:meth:`FinetuneController` picks it): every parameter of the non-head groups the plan ever
 trains, except LoRA adapters (they have no pretrained value). The head is new, so it is not anchored.
@@ -22,10 +24,6 @@ import torch
 from torch import nn
 
 from .validation import check_finite_positive
-
-# Front ends that apply an anchor; the others refuse a plan with one (see refuse_anchor).
-ANCHOR_FRONT_ENDS = ("the Lightning and Hugging Face front ends (warmstart.lightning_callbacks.Finetune, "
-                     "warmstart.hf_integration.FinetuneCallback)")
 
 
 class WeightAnchor:
@@ -58,10 +56,11 @@ class WeightAnchor:
             self.values = {n: p.detach().clone() for n, p in self.params.items()}
 
     @torch.no_grad()
-    def add_gradients(self) -> int:
+    def add_gradients(self, scale: float = 1.0) -> int:
         """Add ``strength * (w - w0)`` to each anchored gradient that exists; returns how many were pulled.
 
-        Call once per optimizer step, after backward (and AMP unscaling), before the step.
+        Call once per optimizer step, after backward, before the step. ``scale``: the AMP loss scale when the
+        gradients are still scaled (the pull is scaled with them, so unscaling gives it back exactly).
         """
         if not self.captured:
             raise RuntimeError("WeightAnchor.add_gradients before capture(): the starting values are unknown")
@@ -72,7 +71,7 @@ class WeightAnchor:
             start = self.values[name]
             if start.device != p.device or start.dtype != p.dtype:
                 start = self.values[name] = start.to(device=p.device, dtype=p.dtype)
-            p.grad.add_(p.detach() - start, alpha=self.strength)
+            p.grad.add_(p.detach() - start, alpha=self.strength * scale)
             pulled += 1
         return pulled
 
@@ -101,20 +100,3 @@ class WeightAnchor:
                 raise ValueError(f"the checkpoint's anchor for {name!r} has shape {tuple(value.shape)}, the model's "
                                  f"parameter {tuple(self.params[name].shape)}")
         self.values = {n: v.to(device=self.params[n].device, dtype=self.params[n].dtype) for n, v in values.items()}
-
-
-def refuse_anchor(anchor: float | None, front_end: str) -> None:
-    """Raise when a plan asks for ``anchor`` in a front end that does not apply it yet.
-
-    Example:
-        >>> refuse_anchor(None, "FinetuneCallback")
-        >>> refuse_anchor(0.1, "FinetuneCallback")
-        Traceback (most recent call last):
-        ...
-        ValueError: FinetuneCallback: the plan's anchor=0.1 (L2-SP) is applied only by the Lightning and Hugging ...
-    """
-    if anchor is not None:
-        raise ValueError(f"{front_end}: the plan's anchor={anchor:g} (L2-SP) is applied only by {ANCHOR_FRONT_ENDS} "
-                         "in this version; drop anchor= from the plan here (for the declared few-label recipe: "
-                         "warmstart.core.recipes.recipe('lp_ft_gradual'), the same without it), or fine-tune with "
-                         "one of those")

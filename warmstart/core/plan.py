@@ -15,7 +15,7 @@ a model and applies it (ARCHITECTURE.md rule 10). Each option has exactly one me
 - ``lora``: ``{"r", "alpha", "dropout", "targets"}``; the schedule then decides *when* each group's adapters train.
 - ``anchor``: L2-SP strength ``alpha`` (a float > 0): every optimizer step pulls the pretrained (non-head) weights
   towards their values when training started by adding ``alpha * (w - w0)`` to their gradients
-  (:mod:`warmstart.core.anchor`; applied by the Lightning and HF front ends, refused by YOLO's).
+  (:mod:`warmstart.core.anchor`; applied by all three front ends).
 """
 
 from __future__ import annotations

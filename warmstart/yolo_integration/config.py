@@ -30,7 +30,6 @@ from typing import Any
 from torch import nn
 
 from ..core import UnfreezeSchedule
-from ..core.anchor import refuse_anchor
 from ..core.checkpoints import resolve_weights_path
 from ..core.controller import FinetuneController
 from ..core.plan import FinetunePlan
@@ -224,7 +223,6 @@ def validate(model: nn.Module, cfg: YoloWarmstartConfig) -> FinetuneController:
     selector and the lr rule. The returned controller is for inspection only.
     """
     plan = cfg.finetune_plan
-    refuse_anchor(plan.anchor, "wrap(YOLO(...))")
     ctl = FinetuneController(model, FinetunePlan.from_dict({**plan.to_dict(), "lora": None}))
     if ctl.groups[-1].role != "head":
         raise ValueError(f"could not find the head of this YOLO model (groups {ctl.group_names})")

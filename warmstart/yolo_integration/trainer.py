@@ -23,6 +23,8 @@ Where each piece hooks into ``BaseTrainer`` (Ultralytics 8.4), and why there:
 - ``on_train_epoch_start`` (first in the list): the controller's trainable set for this epoch (and
   ``on_train_batch_start`` for plans counted in steps or fractions). The schedule is a pure function of the
   position, so resume lands on the same set. BatchNorm of frozen groups is pinned to eval by the controller.
+- ``optimizer_step``: the plan's ``anchor`` (L2-SP) pull goes into the gradients before Ultralytics unscales and
+  clips them; its starting values are captured at the first step and saved next to ``last.pt`` for resume.
 - ``save_model``: checkpoints get a clean copy (LoRA merged, no warmstart objects) so ``best.pt`` loads in plain
   Ultralytics, written atomically so a kill mid-save leaves the previous ``last.pt`` intact; the adapters go to a
   small file next to ``last.pt`` for resume (pending before ``last.pt``, renamed after it: see ``lora_merge``).
@@ -47,11 +49,11 @@ from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.models.yolo.obb import OBBTrainer  # noqa: E402
 from ultralytics.models.yolo.pose import PoseTrainer  # noqa: E402
 from ultralytics.models.yolo.segment import SegmentationTrainer  # noqa: E402
-from ultralytics.utils import DEFAULT_CFG, LOGGER  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 from ..core import apply_lora, has_lora  # noqa: E402
-from ..core.anchor import refuse_anchor  # noqa: E402
+from ..core.checkpoints import read_weights, save_weights  # noqa: E402
 from ..core.controller import FinetuneController  # noqa: E402
 from .config import YoloWarmstartConfig  # noqa: E402
 from .lora_merge import (  # noqa: E402
@@ -64,6 +66,9 @@ from .lora_merge import (  # noqa: E402
 )
 
 ARG = "warmstart"  # the train argument (and trainer.args attribute) that carries the config
+# The plan anchor's starting values (L2-SP), next to last.pt: a resumed run's weights have moved, only this file
+# knows where they started. Written at the run's first optimizer step, so before any last.pt.
+ANCHOR_FILE = "warmstart_anchor.safetensors"
 
 
 def _on_epoch_start(trainer: WarmstartTrainerMixin) -> None:
@@ -122,8 +127,6 @@ class WarmstartTrainerMixin:
         """The task model, then the pretrained backbone (new runs only), then the plan's controller (which adds
         LoRA); on resume the saved adapters come back into it."""
         ws = self.warmstart
-        # before any model is built or loaded; wrap() checked it too, the DDP path comes here without wrap()
-        refuse_anchor(ws.finetune_plan.anchor, "the warmstart YOLO trainer")
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         if ws.backbone_weights and not self.resume:
             from ..core.checkpoints import load_backbone_weights
@@ -140,9 +143,29 @@ class WarmstartTrainerMixin:
                 p.requires_grad_(True)
         return model
 
+    def optimizer_step(self):
+        """Ultralytics' step (unscale, clip at 10, step, EMA), with the plan's anchor pull added to the gradients
+        first: before clipping, as in the Lightning front end, and multiplied by the AMP scale, which the unscale
+        takes off again."""
+        anchor = self.controller.anchor if getattr(self, "controller", None) is not None else None
+        if anchor is not None:
+            if not anchor.captured:  # a new run: nothing has stepped yet, so these are the starting weights
+                anchor.capture()
+                if RANK in {-1, 0}:
+                    save_weights(anchor.state_dict()["values"], self.wdir / ANCHOR_FILE)
+            anchor.add_gradients(scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        super().optimizer_step()
+
     def _load_checkpoint_state(self, ckpt):
         # The checkpoint's EMA is the merged, plain model; give it the live model's LoRA structure (same split into
         # base + adapter) so Ultralytics' strict EMA load matches.
+        anchor = self.controller.anchor
+        if anchor is not None:  # the interrupted run's starting weights, not the ones it stopped at
+            path = Path(self.args.resume).parent / ANCHOR_FILE
+            if not path.is_file():
+                raise ValueError(f"cannot resume the plan's anchor (L2-SP): its starting weights {path} are not there "
+                                 "(written next to last.pt when the run started); start a new run")
+            anchor.load_state_dict({"values": read_weights(path)})
         lora = self.warmstart.lora
         if lora:
             # The adapters saved with this checkpoint's epoch (a kill between the adapters file and last.pt leaves
