@@ -125,3 +125,18 @@ def test_fraction_unit_follows_the_run_length() -> None:
     assert c.trainable_at(c.position(step=40, total_steps=100)) == ["head"]
     assert c.trainable_at(c.position(step=50, total_steps=100)) == ["layer4", "head"]
     assert c.trainable_at(c.position(epoch=3, total_epochs=4)) == ["layer4", "head"]
+
+
+def test_keep_frozen_parameters_stay_frozen_whatever_the_plan_says() -> None:
+    """What a framework freezes itself (Ultralytics' freeze= layers, its fixed DFL conv) is passed to apply()."""
+    model = resnet()
+    c = FinetuneController(model, {"head_epochs": 1, "every": 1})
+    opt = torch.optim.SGD(c.param_groups(0.1, weight_decay=0.0), lr=0.1)
+    for mask_grads in (False, True):
+        c.apply(10.0, mask_grads=mask_grads, keep_frozen=["layer4.1.", "fc.bias"])  # every group trains by now
+        fixed = {n for n in dict(model.named_parameters()) if n.startswith("layer4.1.") or n == "fc.bias"}
+        assert not any(p.requires_grad for n, p in model.named_parameters() if n in fixed)
+        assert all(p.requires_grad for n, p in model.named_parameters() if n not in fixed)
+        assert not ({id(p) for p in c.masked} & {id(p) for n, p in model.named_parameters() if n in fixed})
+        before = train_step(model, opt)
+        assert moved(model, before) & fixed == set() and "fc.weight" in moved(model, before)

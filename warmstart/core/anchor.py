@@ -18,12 +18,17 @@ run, so a resumed run pulls towards the same pretrained values, not the ones it 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .validation import check_finite_positive
+
+# The file a front end keeps the starting values in when its checkpoint has no room for them (HF: output_dir,
+# YOLO: next to last.pt): a resumed run's weights have moved, so only this file knows where they started.
+ANCHOR_FILE = "warmstart_anchor.safetensors"
 
 
 class WeightAnchor:
@@ -87,6 +92,39 @@ class WeightAnchor:
     def state_dict(self) -> dict[str, Any]:
         """The strength and the starting values (CPU tensors), for a checkpoint."""
         return {"strength": self.strength, "values": {n: v.detach().cpu() for n, v in self.values.items()}}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the starting values to ``path`` (safetensors, atomic).
+
+        Example:
+            >>> import tempfile
+            >>> lin = nn.Linear(2, 1)
+            >>> anchor = WeightAnchor(dict(lin.named_parameters()), strength=0.1)
+            >>> anchor.capture()
+            >>> path = anchor.save(Path(tempfile.mkdtemp()) / ANCHOR_FILE)
+            >>> again = WeightAnchor(dict(lin.named_parameters()), strength=0.1)
+            >>> again.load(path, "written when the run started")
+            >>> all(torch.equal(again.values[n], anchor.values[n]) for n in anchor.values)
+            True
+            >>> again.load(path.with_name("gone.safetensors"), "written when the run started")
+            Traceback (most recent call last):
+            ...
+            ValueError: cannot resume the plan's anchor (L2-SP): its starting weights .../gone.safetensors are not \
+there (written when the run started); start a new run
+        """
+        from .checkpoints import save_weights
+
+        return save_weights(self.state_dict()["values"], path)
+
+    def load(self, path: str | Path, written: str) -> None:
+        """Restore the starting values :meth:`save` wrote to ``path``; ``written`` says where the front end puts
+        that file (for the error when it is missing)."""
+        from .checkpoints import read_weights
+
+        if not Path(path).is_file():
+            raise ValueError(f"cannot resume the plan's anchor (L2-SP): its starting weights {path} are not there "
+                             f"({written}); start a new run")
+        self.load_state_dict({"values": read_weights(path)})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the starting values of an interrupted run; other parameter names or shapes raise."""

@@ -173,8 +173,11 @@ class FinetuneController:
                     out.add(name)
         return out
 
-    def apply(self, position: float, *, mask_grads: bool = False) -> list[str]:
+    def apply(self, position: float, *, mask_grads: bool = False, keep_frozen: Sequence[str] = ()) -> list[str]:
         """Set ``requires_grad`` and the BN policy for ``position``; returns the trainable group names.
+
+        ``keep_frozen``: parameter-name substrings that the framework itself freezes (Ultralytics: its ``freeze=``
+        layers and the fixed DFL convolution); they stay frozen whatever the plan says about their group.
 
         ``mask_grads=True`` is the DDP-safe way to freeze (DDP without ``find_unused_parameters`` must see the same
         parameters require grad as when it wrapped the model): every parameter the plan ever trains keeps
@@ -184,6 +187,8 @@ class FinetuneController:
         self.position_now = float(position)
         self.trainable_groups = self.trainable_at(position)
         train = self.trainable_parameters(self.trainable_groups)
+        fixed = {n for n, _ in self.model.named_parameters() if any(pattern in n for pattern in keep_frozen)}
+        train -= fixed
         for name, p in self.model.named_parameters():
             wanted = name in train
             p.requires_grad_(wanted)
@@ -193,7 +198,7 @@ class FinetuneController:
         self.masked = []
         if mask_grads:
             ever = self.ever_trainable()
-            self.masked = [p for n, p in self.model.named_parameters() if n in ever and n not in train]
+            self.masked = [p for n, p in self.model.named_parameters() if n in ever - fixed and n not in train]
             for p in self.masked:
                 p.requires_grad_(True)
         return list(self.trainable_groups)

@@ -33,7 +33,7 @@ transformers = require("transformers")
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import ExportableState  # noqa: E402
 
-from warmstart.core.checkpoints import read_weights, save_weights  # noqa: E402
+from warmstart.core.anchor import ANCHOR_FILE  # noqa: E402
 from warmstart.core.controller import FinetuneController  # noqa: E402
 from warmstart.core.plan import FinetunePlan  # noqa: E402
 from warmstart.core.validation import check_finite_positive, check_has_parameters  # noqa: E402
@@ -41,9 +41,6 @@ from warmstart.core.validation import check_finite_positive, check_has_parameter
 logger = logging.getLogger(__name__)
 
 _SLOT = "_warmstart_plan"
-# The anchor's starting values (plan ``anchor``, L2-SP), written once per run into ``output_dir``: a resumed run's
-# weights have moved, so only this file knows where they started.
-ANCHOR_FILE = "warmstart_anchor.safetensors"
 
 
 @dataclass
@@ -277,11 +274,8 @@ class FinetuneCallback(TrainerCallback, ExportableState):
         check_anchor_arguments(args)
         saved = self._saved_attributes(state).get("_anchor_file")
         if state.global_step:
-            if not saved or not Path(saved).is_file():
-                raise ValueError(f"cannot resume the plan's anchor (L2-SP): its starting weights {saved or ANCHOR_FILE}"
-                                 " are not there (written into output_dir when the run started); resume in the run's "
-                                 "output_dir, or start a new run")
-            controller.anchor.load_state_dict({"values": read_weights(saved)})
+            controller.anchor.load(saved or ANCHOR_FILE, "written into output_dir when the run started; resume in "
+                                                         "the run's output_dir")
             self._anchor_file = saved  # later checkpoints of the resumed run point at the same file
         else:
             controller.anchor.values = {}  # a new run of a reused callback starts from these weights
@@ -289,7 +283,7 @@ class FinetuneCallback(TrainerCallback, ExportableState):
             path = Path(args.output_dir) / ANCHOR_FILE
             if state.is_world_process_zero:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                save_weights(controller.anchor.state_dict()["values"], path)
+                controller.anchor.save(path)
             self._anchor_file = str(path.resolve())
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -327,7 +321,7 @@ class FinetuneCallback(TrainerCallback, ExportableState):
     def state(self) -> dict:
         """JSON-safe constructor arguments + the controller's state, stored by the Trainer in every checkpoint."""
         attributes: dict[str, Any] = {"_checkpoint_state": self.controller.state_dict() if self.controller else None}
-        if getattr(self, "_anchor_file", None):
+        if self._anchor_file:
             attributes["_anchor_file"] = self._anchor_file
         return {"args": self._args(), "attributes": attributes}
 

@@ -53,7 +53,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK  # noqa: E402
 from ultralytics.utils.torch_utils import unwrap_model  # noqa: E402
 
 from ..core import apply_lora, has_lora  # noqa: E402
-from ..core.checkpoints import read_weights, save_weights  # noqa: E402
+from ..core.anchor import ANCHOR_FILE  # noqa: E402
 from ..core.controller import FinetuneController  # noqa: E402
 from .config import YoloWarmstartConfig  # noqa: E402
 from .lora_merge import (  # noqa: E402
@@ -66,9 +66,6 @@ from .lora_merge import (  # noqa: E402
 )
 
 ARG = "warmstart"  # the train argument (and trainer.args attribute) that carries the config
-# The plan anchor's starting values (L2-SP), next to last.pt: a resumed run's weights have moved, only this file
-# knows where they started. Written at the run's first optimizer step, so before any last.pt.
-ANCHOR_FILE = "warmstart_anchor.safetensors"
 
 
 def _on_epoch_start(trainer: WarmstartTrainerMixin) -> None:
@@ -125,9 +122,9 @@ class WarmstartTrainerMixin:
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         """The task model, then the pretrained backbone (new runs only), then the plan's controller (which adds
-        LoRA); on resume the saved adapters come back into it."""
-        ws = self.warmstart
+        LoRA); on resume the saved adapters come back later, in ``_load_checkpoint_state``."""
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+        ws = self.warmstart
         if ws.backbone_weights and not self.resume:
             from ..core.checkpoints import load_backbone_weights
 
@@ -147,12 +144,12 @@ class WarmstartTrainerMixin:
         """Ultralytics' step (unscale, clip at 10, step, EMA), with the plan's anchor pull added to the gradients
         first: before clipping, as in the Lightning front end, and multiplied by the AMP scale, which the unscale
         takes off again."""
-        anchor = self.controller.anchor if getattr(self, "controller", None) is not None else None
+        anchor = self.controller.anchor
         if anchor is not None:
             if not anchor.captured:  # a new run: nothing has stepped yet, so these are the starting weights
                 anchor.capture()
-                if RANK in {-1, 0}:
-                    save_weights(anchor.state_dict()["values"], self.wdir / ANCHOR_FILE)
+                if RANK in {-1, 0}:  # written before any last.pt, so every last.pt has its anchor file
+                    anchor.save(self.wdir / ANCHOR_FILE)
             anchor.add_gradients(scale=self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
         super().optimizer_step()
 
@@ -161,11 +158,7 @@ class WarmstartTrainerMixin:
         # base + adapter) so Ultralytics' strict EMA load matches.
         anchor = self.controller.anchor
         if anchor is not None:  # the interrupted run's starting weights, not the ones it stopped at
-            path = Path(self.args.resume).parent / ANCHOR_FILE
-            if not path.is_file():
-                raise ValueError(f"cannot resume the plan's anchor (L2-SP): its starting weights {path} are not there "
-                                 "(written next to last.pt when the run started); start a new run")
-            anchor.load_state_dict({"values": read_weights(path)})
+            anchor.load(Path(self.args.resume).parent / ANCHOR_FILE, "written next to last.pt when the run started")
         lora = self.warmstart.lora
         if lora:
             # The adapters saved with this checkpoint's epoch (a kill between the adapters file and last.pt leaves
@@ -201,12 +194,8 @@ class WarmstartTrainerMixin:
         Afterwards what Ultralytics freezes itself (its own ``freeze=`` argument and the fixed DFL convolution)
         stays frozen: that is Ultralytics' decision, not the plan's.
         """
-        trainable = self.controller.apply(self.warmstart_position(epoch, batch))
-        fixed = getattr(self, "freeze_layer_names", [".dfl"])
-        for name, p in unwrap_model(self.model).named_parameters():
-            if any(f in name for f in fixed):
-                p.requires_grad_(False)
-        return trainable
+        return self.controller.apply(self.warmstart_position(epoch, batch),
+                                     keep_frozen=getattr(self, "freeze_layer_names", [".dfl"]))
 
     def resume_training(self, ckpt):
         """Ultralytics' resume, then this run's trainable set at the epoch it resumes from.
