@@ -47,8 +47,10 @@ def test_anchor_gives_the_update_of_the_l2sp_loss_term_and_keeps_the_body_closer
     plan = {"anchor": ALPHA}
     anchored_model = fresh()
     cb = FinetuneCallback(plan)
-    transformers.Trainer(model=anchored_model, args=_args(tmp_path / "a"), train_dataset=TokenDataset(48),
-                         callbacks=[cb], optimizer_cls_and_kwargs=plan_optimizer(anchored_model, plan)).train()
+    # saves checkpoints (at step 100: never in this run), so the start is written for a resume to read
+    transformers.Trainer(model=anchored_model, args=_args(tmp_path / "a", save_strategy="steps", save_steps=100),
+                         train_dataset=TokenDataset(48), callbacks=[cb],
+                         optimizer_cls_and_kwargs=plan_optimizer(anchored_model, plan)).train()
     names = list(FinetuneController(fresh(), FinetunePlan()).anchored_parameters())  # every non-head parameter
     explicit_model, plain_model = fresh(), fresh()
     ExplicitL2SP(model=explicit_model, args=_args(tmp_path / "b"), train_dataset=TokenDataset(48),
@@ -70,6 +72,16 @@ def test_anchor_gives_the_update_of_the_l2sp_loss_term_and_keeps_the_body_closer
 
     saved = load_file(str(tmp_path / "a" / ANCHOR_FILE))
     assert saved.keys() == set(names) and all(torch.equal(saved[n], init[n]) for n in names)
+
+
+def test_anchor_writes_no_file_when_the_run_saves_no_checkpoints(tmp_path):
+    model = tiny_bert()
+    plan = {"anchor": ALPHA}
+    cb = FinetuneCallback(plan)
+    transformers.Trainer(model=model, args=_args(tmp_path), train_dataset=TokenDataset(16),
+                         callbacks=[cb], optimizer_cls_and_kwargs=plan_optimizer(model, plan)).train()
+    assert cb.controller.anchor.values  # the pull ran from the captured start
+    assert not (tmp_path / ANCHOR_FILE).exists()
 
 
 def test_anchor_needs_the_callback_and_refuses_fp16_without_clipping(tmp_path):

@@ -78,6 +78,11 @@ def shared_controller(model: nn.Module, plan: FinetunePlan | dict, part: str) ->
     return slot.controller
 
 
+def _saves_checkpoints(args: Any) -> bool:
+    """True unless ``save_strategy`` is ``"no"`` (an enum in transformers, a string in a plain namespace)."""
+    return str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
+
+
 def check_anchor_arguments(args: Any) -> None:
     """Refuse an anchor where its gradient would be added to fp16-scaled gradients.
 
@@ -269,8 +274,8 @@ class FinetuneCallback(TrainerCallback, ExportableState):
             self.controller.anchor.add_gradients()
 
     def _start_anchor(self, args: Any, state: Any, controller: FinetuneController) -> None:
-        """The anchor's starting values: this run's weights now (saved to ``output_dir/ANCHOR_FILE``), or, on resume,
-        the ones the interrupted run saved there."""
+        """The anchor's starting values: this run's weights now (saved to ``output_dir/ANCHOR_FILE`` when the run saves
+        checkpoints), or, on resume, the ones the interrupted run saved there."""
         check_anchor_arguments(args)
         saved = self._saved_attributes(state).get("_anchor_file")
         if state.global_step:
@@ -280,11 +285,14 @@ class FinetuneCallback(TrainerCallback, ExportableState):
         else:
             controller.anchor.values = {}  # a new run of a reused callback starts from these weights
             controller.anchor.capture()
-            path = Path(args.output_dir) / ANCHOR_FILE
-            if state.is_world_process_zero:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                controller.anchor.save(path)
-            self._anchor_file = str(path.resolve())
+            if _saves_checkpoints(args):  # without checkpoints there is no resume to read the file
+                path = Path(args.output_dir) / ANCHOR_FILE
+                if state.is_world_process_zero:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    controller.anchor.save(path)
+                self._anchor_file = str(path.resolve())
+            else:
+                self._anchor_file = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.controller is not None and self.controller.plan.unit == "epoch":
