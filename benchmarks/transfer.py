@@ -420,7 +420,9 @@ def summarize(runs: list[dict], config: dict) -> dict:
     for (dataset, arm), p in pre.items():
         if p["status"] != "ok":
             rows.append([dataset, arm, f"{p.get('epochs', '?')} ep", p["status"], "-", "-", "-", "-", "-"])
-    title = (f"Transfer at a fixed pretraining budget (resnet18, {config.get('image_size')} px; "
+    scale = config.get("budget_scale")  # --budget-scale X: every arm's epochs times X
+    scaled = f"{scale:g}x the default epochs per arm, " if scale else ""
+    title = (f"Transfer at a fixed pretraining budget ({scaled}resnet18, {config.get('image_size')} px; "
              f"pretrained arms fine-tune with the declared "
              f"recipe {config.get('declared')!r}; Δ is paired vs scratch with plain full fine-tuning; "
              f"seeds {config.get('seeds')})")
