@@ -3,6 +3,7 @@ pulled, the starting values kept in ``output_dir`` for resume (a SIGKILL resume:
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -93,3 +94,28 @@ def test_anchor_needs_the_callback_and_refuses_fp16_without_clipping(tmp_path):
     with pytest.raises(ValueError, match=r"anchor \(L2-SP\) with fp16 needs gradient clipping"):
         check_anchor_arguments(SimpleNamespace(fp16=True, max_grad_norm=0.0))  # fp16 needs a GPU to build
     check_anchor_arguments(SimpleNamespace(fp16=True, max_grad_norm=1.0))  # unscaled inside the clipping
+
+
+def test_resume_refuses_a_checkpoint_that_names_no_starting_weights(tmp_path, monkeypatch):
+    plan = {"anchor": ALPHA}
+    out = tmp_path / "run"
+    model = tiny_bert()
+    transformers.Trainer(model=model, args=_args(out, save_strategy="steps", save_steps=3),
+                         train_dataset=TokenDataset(48), callbacks=[FinetuneCallback(plan)],
+                         optimizer_cls_and_kwargs=plan_optimizer(model, plan)).train()
+    checkpoint = out / "checkpoint-3"
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for callback in state["stateful_callbacks"].values():
+        for entry in callback if isinstance(callback, list) else [callback]:
+            entry.get("attributes", {}).pop("_anchor_file", None)
+    state_file.write_text(json.dumps(state))
+    # a file of the same name where the process runs: another run's start, which must not be taken instead
+    monkeypatch.chdir(tmp_path)
+    (out / ANCHOR_FILE).rename(tmp_path / ANCHOR_FILE)
+    model = tiny_bert()
+    trainer = transformers.Trainer(model=model, args=_args(out, save_strategy="steps", save_steps=3),
+                                   train_dataset=TokenDataset(48), callbacks=[FinetuneCallback(plan)],
+                                   optimizer_cls_and_kwargs=plan_optimizer(model, plan))
+    with pytest.raises(ValueError, match="names no starting weights"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))

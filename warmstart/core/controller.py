@@ -197,8 +197,8 @@ class FinetuneController:
         _apply_bn_policy(self.model, self.plan.bn)
         self.masked = []
         if mask_grads:
-            ever = self.ever_trainable()
-            self.masked = [p for n, p in self.model.named_parameters() if n in ever - fixed and n not in train]
+            ever = self.ever_trainable() - fixed
+            self.masked = [p for n, p in self.model.named_parameters() if n in ever and n not in train]
             for p in self.masked:
                 p.requires_grad_(True)
         return list(self.trainable_groups)

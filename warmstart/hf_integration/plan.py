@@ -279,8 +279,11 @@ class FinetuneCallback(TrainerCallback, ExportableState):
         check_anchor_arguments(args)
         saved = self._saved_attributes(state).get("_anchor_file")
         if state.global_step:
-            controller.anchor.load(saved or ANCHOR_FILE, "written into output_dir when the run started; resume in "
-                                                         "the run's output_dir")
+            where = "written into output_dir when the run started; resume in the run's output_dir"
+            if not saved:  # never guess a path: a file of that name elsewhere holds another run's start
+                raise ValueError(f"cannot resume the plan's anchor (L2-SP): the checkpoint names no starting weights "
+                                 f"({where}); start a new run")
+            controller.anchor.load(saved, where)
             self._anchor_file = saved  # later checkpoints of the resumed run point at the same file
         else:
             controller.anchor.values = {}  # a new run of a reused callback starts from these weights
