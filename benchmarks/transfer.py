@@ -33,7 +33,8 @@ Fashion-MNIST product photos (500 per class) from Debian's ``dataset-fashion-mni
 set that installs offline (``scripts/install_benchmark_data.sh``; see benchmarks/RESULTS.md).
 
 Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--arms scratch ssl distill lightly_train]
-       [--datasets fashion5k digits mnist5k] [--name RESULTS_STEM]
+       [--datasets fashion5k digits mnist5k] [--finetune-augment none|shift] [--teacher-image-size 64]
+       [--name RESULTS_STEM]
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ FULL: dict[str, Any] = {
     # test set is a fixed stratified 50 images/class of the held-out split
     "finetune_steps": 200, "finetune_batch_size": 16, "finetune_lr": 3e-3, "finetune_weight_decay": 1e-4,
     "test_per_class": 50, "knn_k": 5, "candidates": True, "max_pool_images": None,
+    # fine-tuning augmentation, the same for every arm: "none", or "shift" (each labeled image moved by up to
+    # finetune_shift_px pixels, a fresh draw per sample and step; no flips, which would change digits)
+    "finetune_augment": "none", "finetune_shift_px": 4,
 }
 QUICK: dict[str, Any] = {**FULL, "datasets": ["digits"], "labels_per_class": [10], "seeds": [0, 1],
                          "finetune_steps": 4,
@@ -229,9 +233,10 @@ def pretrain_arm(arm: str, dataset: str, folder: Path, work: Path, cfg: dict) ->
         summary = pretrain(work / arm, folder, MODEL, epochs=epochs, batch_size=batch, image_size=size,
                            accelerator="cpu", devices=1, seed=cfg["pretrain_seed"],
                            progress=False, checkpoint_every=0, **extra)
+        teacher = {"teacher_image_size": cfg["teacher_image_size"]} if arm == "distill" else {}
         return {"status": "ok", "weights": str(summary["exported"]["safetensors"]),
                 "wall_s": round(time.perf_counter() - start, 1), "images_per_s": summary.get("images_per_s"),
-                "epochs": epochs}
+                "epochs": epochs, **teacher}
     try:  # LightlyTrain: a separate venv and a subprocess (AGPL stays out of this process)
         from lightly_train_arm import ensure_lightly_train_venv, pretrain_with_lightly_train
 
@@ -282,6 +287,8 @@ def reused(records: list[dict], dataset: str, arm: str, cfg: dict) -> dict | Non
         return None
     for record in records:
         same = (record["dataset"], record["arm"], record.get("epochs")) == (dataset, arm, cfg["epochs"][dataset][arm])
+        if arm == "distill":  # records from before the size was recorded all used 64 px
+            same = same and record.get("teacher_image_size", 64) == cfg["teacher_image_size"]
         if same and record.get("status") == "ok" and record.get("weights") and Path(record["weights"]).is_file():
             found = {k: v for k, v in record.items() if k not in ("dataset", "arm")}
             return {**found, "reused_from": str(Path(record["weights"]).parents[0])}
@@ -350,7 +357,7 @@ def finetune_accuracy(weights: str | None, plan: dict, x_train: Any, y_train: An
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
-            return torch.nn.functional.cross_entropy(self(x), y)
+            return torch.nn.functional.cross_entropy(self(augment(x) if augment else x), y)
 
         def configure_optimizers(self) -> Any:
             # every parameter from the start (ARCHITECTURE.md rule 2); Finetune rewrites the groups' lrs
@@ -358,6 +365,7 @@ def finetune_accuracy(weights: str | None, plan: dict, x_train: Any, y_train: An
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    augment = finetune_augmentation(cfg)
     data = TensorDataset(x_train, y_train)
     sampler = RandomSampler(data, replacement=True, num_samples=steps * cfg["finetune_batch_size"],
                             generator=torch.Generator().manual_seed(seed))
@@ -372,6 +380,27 @@ def finetune_accuracy(weights: str | None, plan: dict, x_train: Any, y_train: An
         pred = torch.cat([model(x_test[i:i + 256]).argmax(1) for i in range(0, len(x_test), 256)])
     return {"accuracy": round(float((pred == y_test).float().mean()), 4),
             "wall_s": round(time.perf_counter() - start, 1)}
+
+
+def finetune_augmentation(cfg: dict) -> Any:
+    """The fine-tuning augmentation ``cfg`` names (``None`` for ``"none"``): a batched, per-sample kornia module.
+
+    Example:
+        >>> import torch
+        >>> shift = finetune_augmentation({"finetune_augment": "shift", "finetune_shift_px": 2, "image_size": 8})
+        >>> tuple(shift(torch.zeros(3, 3, 8, 8)).shape), finetune_augmentation({"finetune_augment": "none"})
+        ((3, 3, 8, 8), None)
+    """
+    name = cfg.get("finetune_augment", "none")
+    if name == "none":
+        return None
+    if name != "shift":
+        raise ValueError(f"finetune_augment must be 'none' or 'shift', got {name!r}")
+    import kornia.augmentation as K
+
+    # replicate padding: the border pixels (background) fill what the shift uncovers, not black in normalized space
+    size = int(cfg["image_size"])
+    return K.RandomCrop((size, size), padding=int(cfg["finetune_shift_px"]), padding_mode="replicate")
 
 
 # ------------------------------------------------------------------------------------------------------- summary
@@ -422,7 +451,13 @@ def summarize(runs: list[dict], config: dict) -> dict:
             rows.append([dataset, arm, f"{p.get('epochs', '?')} ep", p["status"], "-", "-", "-", "-", "-"])
     scale = config.get("budget_scale")  # --budget-scale X: every arm's epochs times X
     scaled = f"{scale:g}x the default epochs per arm, " if scale else ""
-    title = (f"Transfer at a fixed pretraining budget ({scaled}resnet18, {config.get('image_size')} px; "
+    augment = config.get("finetune_augment", "none")  # results written before the option existed: none
+    shifted = (f"every fine-tune with up to {config.get('finetune_shift_px')} px shifts; " if augment == "shift"
+               else "")
+    teacher_px = config.get("teacher_image_size", 64)
+    teacher = f"distillation teacher at {teacher_px} px; " if teacher_px != 64 else ""  # 64: every earlier table
+    title = (f"Transfer at a fixed pretraining budget ({scaled}resnet18, {config.get('image_size')} px; {teacher}"
+             f"{shifted}"
              f"pretrained arms fine-tune with the declared "
              f"recipe {config.get('declared')!r}; Δ is paired vs scratch with plain full fine-tuning; "
              f"seeds {config.get('seeds')})")
@@ -441,6 +476,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-scale", type=float, default=1.0, metavar="X",
                         help="multiply every arm's pretraining epochs by X (rounded): the same equal-time budget, "
                              "X times longer")
+    parser.add_argument("--finetune-augment", choices=("none", "shift"),
+                        help="fine-tuning augmentation for every arm (default none; shift: up to 4 px per sample)")
+    parser.add_argument("--teacher-image-size", type=int,
+                        help="pixels the distillation teacher sees (default 64; student views are upsampled)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
@@ -468,6 +507,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg["image_size"] = args.image_size
     if args.finetune_steps:
         cfg["finetune_steps"] = args.finetune_steps
+    if args.teacher_image_size:
+        cfg["teacher_image_size"] = args.teacher_image_size
+    if args.finetune_augment:
+        cfg["finetune_augment"] = args.finetune_augment
     if args.budget_scale <= 0:
         raise SystemExit("--budget-scale must be > 0")
     if args.budget_scale != 1.0:

@@ -1,0 +1,44 @@
+"""The transfer benchmark's protocol options: fine-tuning shifts per sample, and reuse only of matching pretraining."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import transfer  # noqa: E402
+
+
+def test_shift_moves_each_image_of_a_batch_by_its_own_offset_and_keeps_the_content() -> None:
+    shift = transfer.finetune_augmentation({"finetune_augment": "shift", "finetune_shift_px": 4, "image_size": 32})
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 12:20, 12:20] = 1.0  # a bright square in the middle: where it lands tells the offset
+    torch.manual_seed(0)
+    out = shift(image.repeat(16, 1, 1, 1))
+    assert out.shape == (16, 3, 32, 32)
+    corners = {tuple((o[0] > 0.5).nonzero().min(0).values.tolist()) for o in out}
+    assert len(corners) > 4, "every sample must draw its own shift"
+    assert all(max(abs(r - 12), abs(c - 12)) <= 4 for r, c in corners)
+    assert torch.allclose(out.sum(dim=(1, 2, 3)), image.sum().expand(16))  # moved, never cut (4 px margin)
+
+
+def test_no_augmentation_is_none_and_an_unknown_name_is_refused() -> None:
+    assert transfer.finetune_augmentation({"finetune_augment": "none"}) is None
+    with pytest.raises(ValueError, match="'none' or 'shift'"):
+        transfer.finetune_augmentation({"finetune_augment": "flip"})
+
+
+def test_distillation_weights_are_reused_only_for_the_same_teacher_size(tmp_path: Path) -> None:
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"x")
+    old = {"dataset": "d", "arm": "distill", "status": "ok", "weights": str(weights), "epochs": 5}  # no size: 64
+    cfg = {"epochs": {"d": {"distill": 5}}, "teacher_image_size": 64}
+    assert transfer.reused([old], "d", "distill", cfg)["epochs"] == 5
+    assert transfer.reused([old], "d", "distill", {**cfg, "teacher_image_size": 128}) is None
+    new = {**old, "teacher_image_size": 128}
+    assert transfer.reused([new], "d", "distill", {**cfg, "teacher_image_size": 128}) is not None
+    assert transfer.reused([new], "d", "distill", cfg) is None
