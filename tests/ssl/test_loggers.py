@@ -11,6 +11,7 @@ import csv
 import importlib.abc
 import importlib.util
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -39,13 +40,14 @@ HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 def test_loggers_log_the_same_loss_and_overwrite_removes_their_files(tmp_path: Path, monkeypatch) -> None:
     # MLflow joins when installed (it is optional); CSV + TensorBoard are checked either way.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # the logger sets it; restored after the test
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # set for the run only (asserted below)
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory (MLflow's default ./mlruns)
     data = digit_folder(tmp_path / "data", 16)
     out = tmp_path / "run"
     names = ["csv", "tensorboard"] + (["mlflow"] if HAS_MLFLOW else [])
     summary = _pretrain(out, data, logger=",".join(names[1:]))
     assert summary["steps"] == 2 and summary["loggers"] == names
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ  # the run's opt-in must not outlive the run
 
     with (out / "logs" / "csv" / "version_0" / "metrics.csv").open() as f:
         csv_loss = [float(r["train_loss_epoch"]) for r in csv.DictReader(f) if r.get("train_loss_epoch")]
@@ -84,6 +86,22 @@ class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in self.names:
             raise ImportError(f"blocked: {name}")
+
+
+@pytest.mark.skipif(not HAS_MLFLOW, reason="mlflow is optional")
+def test_two_mlflow_runs_in_one_process_each_log_into_their_own_folder(tmp_path: Path, monkeypatch) -> None:
+    # MLflow exports the first run's store as MLFLOW_TRACKING_URI; left in place, the second run would take it for
+    # the user's choice and log into the first run's folder (which --overwrite of that run would then delete).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    data = digit_folder(tmp_path / "data", 16)
+    for name in ("first", "second"):
+        _pretrain(tmp_path / name, data, logger="mlflow")
+        assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_ALLOW_FILE_STORE" not in os.environ
+    for name in ("first", "second"):
+        runs = list((tmp_path / name / "logs" / "mlflow").glob("*/*/metrics/train_loss_epoch"))
+        assert len(runs) == 1, f"{name}: expected its own run in its own store, found {len(runs)}"
 
 
 @pytest.mark.parametrize("name", ["mlflow", "wandb"])

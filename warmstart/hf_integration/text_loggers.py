@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from warmstart._optional import require
-from warmstart.pretraining.loggers import PROJECT, local_mlflow_uri, resolve_loggers
+from warmstart.pretraining.loggers import PROJECT, local_mlflow_uri, resolve_loggers, run_environment
 
 transformers = require("transformers", "hf")
 
@@ -70,26 +69,6 @@ def trainer_logging(logger: str | Sequence[str] | None, out: str | Path) -> Trai
             result.report_to.append("wandb")
             result.env.update(WANDB_MODE="offline", WANDB_DIR=str(logs), WANDB_PROJECT=PROJECT)
     return result
-
-
-@contextmanager
-def run_environment(env: dict[str, str]) -> Iterator[None]:
-    """Set the variables in ``env`` that the user has not set, for the ``with`` block only.
-
-    Example:
-        >>> with run_environment({"WARMSTART_EXAMPLE": "1"}):
-        ...     print(os.environ["WARMSTART_EXAMPLE"])
-        1
-        >>> "WARMSTART_EXAMPLE" in os.environ
-        False
-    """
-    added = [key for key in env if key not in os.environ]
-    os.environ.update({key: env[key] for key in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
 
 
 class CsvLogCallback(transformers.TrainerCallback):

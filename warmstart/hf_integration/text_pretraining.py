@@ -24,6 +24,7 @@ import torch
 
 from warmstart._optional import require
 
+from ..pretraining.loggers import PROCESS_WIDE
 from .resume import resume_path
 from .text_data import MAX_CHARS, read_texts
 from .text_loggers import run_environment, trainer_logging
@@ -104,7 +105,8 @@ folder with config.json, weights and tokenizer files; no hub download)
     args.report_to = sorted({*_as_list(args.report_to), *logging_setup.report_to} - {"none"})
     if "TENSORBOARD_LOGGING_DIR" in logging_setup.env and hasattr(args, "logging_dir"):  # transformers 4.x
         args.logging_dir = os.environ.get("TENSORBOARD_LOGGING_DIR", logging_setup.env["TENSORBOARD_LOGGING_DIR"])
-    with run_environment(logging_setup.env):  # the integrations read it when the Trainer builds them, and in train
+    # the integrations read the variables when the Trainer builds them, and in train; what they export is put back
+    with run_environment(logging_setup.env, restore=PROCESS_WIDE):
         trainer = transformers.Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator,
                                        processing_class=tokenizer,
                                        callbacks=[collator.epoch_callback(), *logging_setup.callbacks, *callbacks])

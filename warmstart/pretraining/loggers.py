@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,13 +141,62 @@ def _defaults(name: str, logs: Path) -> dict[str, Any]:
     if name == "mlflow":
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
-            uri = local_mlflow_uri(logs)
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            uri = local_mlflow_uri(logs)  # opens only inside run_environment(logger_environment(...))
         return {"experiment_name": os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT), "tracking_uri": uri}
     if name == "wandb":
         mode = os.environ.get("WANDB_MODE", "offline")
         return {"save_dir": logs, "project": os.environ.get("WANDB_PROJECT", PROJECT), "offline": mode != "online"}
     raise ValueError(f"unknown logger {name!r}")
+
+
+def logger_environment(names: Sequence[Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment variables the loggers in ``names`` need for the run (set with :func:`run_environment`).
+
+    MLflow 3 opens a local file store, warmstart's offline default, only with ``MLFLOW_ALLOW_FILE_STORE=true``;
+    with ``MLFLOW_TRACKING_URI`` set in ``environ`` (default ``os.environ``) the user's own server or store is used
+    and nothing is needed.
+
+    Example:
+        >>> logger_environment(["csv", "mlflow"], environ={}), logger_environment(["csv", "tensorboard"], environ={})
+        ({'MLFLOW_ALLOW_FILE_STORE': 'true'}, {})
+        >>> logger_environment(["mlflow"], environ={"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000"})
+        {}
+    """
+    environ = os.environ if environ is None else environ
+    if "mlflow" in names and not environ.get("MLFLOW_TRACKING_URI"):
+        return {"MLFLOW_ALLOW_FILE_STORE": "true"}
+    return {}
+
+
+# Variables a logger exports for the whole process while it runs: Lightning's MLFlowLogger calls
+# mlflow.set_tracking_uri, which sets MLFLOW_TRACKING_URI, so a second run in the same process would take the first
+# run's store for the user's choice and log into the first run's folder. run_environment puts them back.
+PROCESS_WIDE = ("MLFLOW_TRACKING_URI",)
+
+
+@contextmanager
+def run_environment(env: dict[str, str], restore: Sequence[str] = ()) -> Iterator[None]:
+    """Set the variables in ``env`` that the user has not set, for the ``with`` block only; afterwards every
+    variable of ``env`` and ``restore`` is as it was before the block (unset if it was unset).
+
+    Example:
+        >>> with run_environment({"WARMSTART_EXAMPLE": "1"}, restore=["WARMSTART_OTHER"]):
+        ...     os.environ["WARMSTART_OTHER"] = "set by a library during the run"
+        ...     print(os.environ["WARMSTART_EXAMPLE"])
+        1
+        >>> "WARMSTART_EXAMPLE" in os.environ, "WARMSTART_OTHER" in os.environ
+        (False, False)
+    """
+    before = {key: os.environ.get(key) for key in [*env, *restore]}
+    os.environ.update({key: value for key, value in env.items() if before[key] is None})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def local_mlflow_uri(logs: str | Path) -> str:
@@ -194,5 +244,5 @@ def _is_logger(obj: Any) -> bool:
     return isinstance(obj, Logger)
 
 
-__all__ = ["DEFAULT_LOGGERS", "KINDS", "PROJECT", "build_loggers", "local_mlflow_uri", "logger_paths",
-           "resolve_loggers"]
+__all__ = ["DEFAULT_LOGGERS", "KINDS", "PROJECT", "build_loggers", "local_mlflow_uri", "logger_environment",
+           "logger_paths", "PROCESS_WIDE", "resolve_loggers", "run_environment"]

@@ -37,7 +37,7 @@ from ..core.run_manifest import MANIFEST_NAME, RunManifest, remove_previous_run
 from ..core.ssl import METHODS, get_method
 from .checkpoint_io import LocalCheckpointIO
 from .knn import KNNMonitor
-from .loggers import build_loggers, logger_paths, resolve_loggers
+from .loggers import PROCESS_WIDE, build_loggers, logger_environment, logger_paths, resolve_loggers, run_environment
 from .run_checkpoint import RunCheckpoint, TrainingInterrupted, parse_every
 from .ssl_data import SSLDataModule, resolve_num_workers
 from .ssl_module import SSLModule
@@ -222,95 +222,100 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if overwrite and not launched_child and not resume:
         _remove_outputs(out)
     manifest = RunManifest.load(out) if resume else RunManifest(out)
-    loggers = build_loggers(logger_choice, out)
+    # MLflow's local file store opens only with MLFLOW_ALLOW_FILE_STORE: set for this run, as the text engine does;
+    # what MLflow exports during the run (its tracking URI) is put back after it
+    with run_environment(logger_environment(logger_choice), restore=PROCESS_WIDE):
+        loggers = build_loggers(logger_choice, out)
 
-    def record_outputs() -> None:  # rank 0, after every checkpoint and at the end: what overwrite may remove
-        manifest.add(p for p in [checkpoint, *logger_paths(loggers, out), out / "exported", out / "metrics.csv",
-                                 out / "summary.json"] if p.exists())
-        manifest.save()
+        def record_outputs() -> None:  # rank 0, after every checkpoint and at the end: what overwrite may remove
+            manifest.add(p for p in [checkpoint, *logger_paths(loggers, out), out / "exported", out / "metrics.csv",
+                                     out / "summary.json"] if p.exists())
+            manifest.save()
 
-    throughput = ThroughputMonitor(batch_size=int(batch_size))
-    all_callbacks: list[L.Callback] = [throughput, *callbacks]
-    if knn is not None:
-        all_callbacks.append(knn)
-    all_callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
-    # Last, so an epoch-end checkpoint holds the kNN result and every other callback's state of that epoch.
-    run_checkpoint = RunCheckpoint(out / "checkpoints", every=checkpoint_every, on_save=record_outputs)
-    all_callbacks.append(run_checkpoint)
-    if not progress:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    trainer = L.Trainer(
-        # epochs="auto" and a global batch need the world size, known once the Trainer exists: set below.
-        max_epochs=1 if epochs == "auto" else int(epochs), accumulate_grad_batches=int(accumulate_grad_batches or 1),
-        devices=devices, strategy=strategy, precision=precision, num_nodes=num_nodes,
-        accelerator=accelerator, logger=loggers, callbacks=all_callbacks, default_root_dir=out,
-        # RunCheckpoint writes last.ckpt; Lightning's default ModelCheckpoint would add a second, unlisted copy.
-        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=progress, enable_model_summary=progress,
-        log_every_n_steps=max(1, min(10, len(dataset) // int(batch_size))),
-        # A strategy object may carry its own checkpoint IO, and DeepSpeed writes its own files.
-        plugins=[LocalCheckpointIO()] if isinstance(strategy, str) and "deepspeed" not in strategy else None,
-    )
-    per_rank = len(dataset) // max(trainer.world_size, 1)
-    if per_rank < int(batch_size):
-        raise ValueError(
-            f"{len(dataset)} images over {trainer.world_size} process(es) is {per_rank} per process, fewer than "
-            f"batch_size={batch_size} (incomplete batches are dropped). Lower --batch-size or add images."
+        throughput = ThroughputMonitor(batch_size=int(batch_size))
+        all_callbacks: list[L.Callback] = [throughput, *callbacks]
+        if knn is not None:
+            all_callbacks.append(knn)
+        all_callbacks.append(L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"))
+        # Last, so an epoch-end checkpoint holds the kNN result and every other callback's state of that epoch.
+        run_checkpoint = RunCheckpoint(out / "checkpoints", every=checkpoint_every, on_save=record_outputs)
+        all_callbacks.append(run_checkpoint)
+        if not progress:
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        trainer = L.Trainer(
+            # epochs="auto" and a global batch need the world size, known once the Trainer exists: set below.
+            max_epochs=1 if epochs == "auto" else int(epochs),
+            accumulate_grad_batches=int(accumulate_grad_batches or 1),
+            devices=devices, strategy=strategy, precision=precision, num_nodes=num_nodes,
+            accelerator=accelerator, logger=loggers, callbacks=all_callbacks, default_root_dir=out,
+            # RunCheckpoint writes last.ckpt; Lightning's default ModelCheckpoint would add a second, unlisted copy.
+            enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+            enable_progress_bar=progress, enable_model_summary=progress,
+            log_every_n_steps=max(1, min(10, len(dataset) // int(batch_size))),
+            # A strategy object may carry its own checkpoint IO, and DeepSpeed writes its own files.
+            plugins=[LocalCheckpointIO()] if isinstance(strategy, str) and "deepspeed" not in strategy else None,
         )
-    world = max(trainer.world_size, 1)
-    if global_batch_size is not None:
-        trainer.accumulate_grad_batches = derive_accumulation(int(global_batch_size), int(batch_size), world)
-    accumulate = int(trainer.accumulate_grad_batches)
-    global_batch = int(batch_size) * world * accumulate
-    if epochs == "auto":
-        epochs = auto_epochs(len(dataset), global_batch)
-        trainer.fit_loop.max_epochs = epochs
-        if warmup_epochs is not None and float(warmup_epochs) >= epochs:
-            raise ValueError(f"warmup_epochs={warmup_epochs} must be less than epochs ('auto' resolved to {epochs})")
-    if warmup_epochs is not None:
-        module.warmup_fraction = float(warmup_epochs) / int(epochs)
-    if lr is None and lr_scaling == "linear":
-        module.lr = float(ssl_method.default_lr) * global_batch / 256
-    # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
-    run_checkpoint.mid_epoch = trainer.world_size == 1
-    # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
-    if channels is not None:  # the RAM cache keeps 8-bit RGB; full-precision channels stream from disk
-        datamodule.cache_info = {"mode": "off", "reason": "channels: images are read at full precision"}
-    datamodule.plan_cache(local_processes=trainer.num_devices)
-    # ---- train ----------------------------------------------------------------------------------------------
-    info = dict(model=model, method=method, views=views, image_size=image_size, batch_size=int(batch_size),
-                epochs=int(epochs), global_batch_size=global_batch, accumulate_grad_batches=accumulate,
-                warmup_fraction=module.warmup_fraction, lr_scaling="explicit" if lr is not None else lr_scaling,
-                resume=resume, lr=module.lr, seed=seed, precision=precision, out=out,
-                loggers=[n if isinstance(n, str) else type(n).__name__ for n in logger_choice])
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
-    except TrainingInterrupted as stop:
-        throughput.stop()
-        if trainer.is_global_zero:  # what was done so far, so a user sees where the run stands
-            summary = _summary(trainer, module, datamodule, throughput, knn, **info)
-            if channels is not None:
-                summary.update(channels=channels, normalize=backbone.normalize)
-            summary.update(status="interrupted", signal=stop.signum, checkpoint=str(stop.checkpoint))
+        per_rank = len(dataset) // max(trainer.world_size, 1)
+        if per_rank < int(batch_size):
+            raise ValueError(
+                f"{len(dataset)} images over {trainer.world_size} process(es) is {per_rank} per process, fewer than "
+                f"batch_size={batch_size} (incomplete batches are dropped). Lower --batch-size or add images."
+            )
+        world = max(trainer.world_size, 1)
+        if global_batch_size is not None:
+            trainer.accumulate_grad_batches = derive_accumulation(int(global_batch_size), int(batch_size), world)
+        accumulate = int(trainer.accumulate_grad_batches)
+        global_batch = int(batch_size) * world * accumulate
+        if epochs == "auto":
+            epochs = auto_epochs(len(dataset), global_batch)
+            trainer.fit_loop.max_epochs = epochs
+            if warmup_epochs is not None and float(warmup_epochs) >= epochs:
+                raise ValueError(f"warmup_epochs={warmup_epochs} must be less than epochs "
+                                 f"('auto' resolved to {epochs})")
+        if warmup_epochs is not None:
+            module.warmup_fraction = float(warmup_epochs) / int(epochs)
+        if lr is None and lr_scaling == "linear":
+            module.lr = float(ssl_method.default_lr) * global_batch / 256
+        # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
+        run_checkpoint.mid_epoch = trainer.world_size == 1
+        # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
+        if channels is not None:  # the RAM cache keeps 8-bit RGB; full-precision channels stream from disk
+            datamodule.cache_info = {"mode": "off", "reason": "channels: images are read at full precision"}
+        datamodule.plan_cache(local_processes=trainer.num_devices)
+        # ---- train ----------------------------------------------------------------------------------------------
+        info = dict(model=model, method=method, views=views, image_size=image_size, batch_size=int(batch_size),
+                    epochs=int(epochs), global_batch_size=global_batch, accumulate_grad_batches=accumulate,
+                    warmup_fraction=module.warmup_fraction, lr_scaling="explicit" if lr is not None else lr_scaling,
+                    resume=resume, lr=module.lr, seed=seed, precision=precision, out=out,
+                    loggers=[n if isinstance(n, str) else type(n).__name__ for n in logger_choice])
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+        except TrainingInterrupted as stop:
+            throughput.stop()
+            if trainer.is_global_zero:  # what was done so far, so a user sees where the run stands
+                summary = _summary(trainer, module, datamodule, throughput, knn, **info)
+                if channels is not None:
+                    summary.update(channels=channels, normalize=backbone.normalize)
+                summary.update(status="interrupted", signal=stop.signum, checkpoint=str(stop.checkpoint))
+                _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
+                summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
+                _write_json(out / "summary.json", summary)
+                record_outputs()
+            raise
+
+        summary = _summary(trainer, module, datamodule, throughput, knn, **info)
+        if channels is not None:  # what fine-tuning must feed the backbone (also in exported/backbone.json)
+            summary.update(channels=channels, normalize=backbone.normalize)
+        if trainer.is_global_zero:
+            summary["exported"] = {k: str(v) for k, v in module.export(out / "exported").items()}
+            if module.backbone.family == "ultralytics" and module.backbone.info.get("yaml"):
+                # The whole model too, so plain Ultralytics can `YOLO(path)` / `yolo train model=path` from it.
+                summary["exported"]["yolo"] = str(export_yolo(module.backbone, out / "exported"))
             _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
             summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
             _write_json(out / "summary.json", summary)
             record_outputs()
-        raise
-
-    summary = _summary(trainer, module, datamodule, throughput, knn, **info)
-    if channels is not None:  # what fine-tuning must feed the backbone (also in exported/backbone.json)
-        summary.update(channels=channels, normalize=backbone.normalize)
-    if trainer.is_global_zero:
-        summary["exported"] = {k: str(v) for k, v in module.export(out / "exported").items()}
-        if module.backbone.family == "ultralytics" and module.backbone.info.get("yaml"):
-            # The whole model too, so plain Ultralytics can `YOLO(path)` / `yolo train model=path` from it.
-            summary["exported"]["yolo"] = str(export_yolo(module.backbone, out / "exported"))
-        _flatten_metrics(out / "logs" / "csv", out / "metrics.csv")
-        summary["wall_time_s"] = round(time.perf_counter() - wall_start, 3)
-        _write_json(out / "summary.json", summary)
-        record_outputs()
-    return summary
+        return summary
 
 
 # epochs="auto": a fixed budget of optimizer steps. 10k steps is our choice for the small-to-medium unlabeled sets
