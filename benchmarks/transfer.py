@@ -61,6 +61,9 @@ DATASETS = ("fashion5k", "digits", "mnist5k")
 MODEL = "torchvision/resnet18"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics: what every arm pretrains with
 
+# The teacher size of every run before the size was recorded (pretraining records, results configs).
+EARLIER_TEACHER_PX = 64
+
 FULL: dict[str, Any] = {
     "datasets": list(DATASETS), "image_size": 32, "test_fraction": 0.3, "labels_per_class": [10, 50],
     "seeds": [0, 1, 2], "pretrain_seed": 0, "pretrain_batch_size": 64,
@@ -76,7 +79,7 @@ FULL: dict[str, Any] = {
                # from a first fashion5k run's measured times at mnist5k's epochs (SimCLR 11 ep 177 s, distillation
                # 9 ep 159 s, LightlyTrain 7 ep 127 s: quieter machine than the mnist5k run) scaled to ~180 s each
                "fashion5k": {"ssl": 11, "distill": 10, "lightly_train": 10}},
-    "teacher_image_size": 64,
+    "teacher_image_size": EARLIER_TEACHER_PX,
     # AdamW + cosine, long enough that scratch has converged (scratch, 10 labels/class, seed 0, measured before
     # the run: digits 0.894 / 0.917 / 0.917 at 100 / 200 / 400 steps; mnist5k 0.769 / 0.822 at 100 / 200); the
     # test set is a fixed stratified 50 images/class of the held-out split
@@ -287,8 +290,8 @@ def reused(records: list[dict], dataset: str, arm: str, cfg: dict) -> dict | Non
         return None
     for record in records:
         same = (record["dataset"], record["arm"], record.get("epochs")) == (dataset, arm, cfg["epochs"][dataset][arm])
-        if arm == "distill":  # records from before the size was recorded all used 64 px
-            same = same and record.get("teacher_image_size", 64) == cfg["teacher_image_size"]
+        if arm == "distill":
+            same = same and record.get("teacher_image_size", EARLIER_TEACHER_PX) == cfg["teacher_image_size"]
         if same and record.get("status") == "ok" and record.get("weights") and Path(record["weights"]).is_file():
             found = {k: v for k, v in record.items() if k not in ("dataset", "arm")}
             return {**found, "reused_from": str(Path(record["weights"]).parents[0])}
@@ -454,8 +457,8 @@ def summarize(runs: list[dict], config: dict) -> dict:
     augment = config.get("finetune_augment", "none")  # results written before the option existed: none
     shifted = (f"every fine-tune with up to {config.get('finetune_shift_px')} px shifts; " if augment == "shift"
                else "")
-    teacher_px = config.get("teacher_image_size", 64)
-    teacher = f"distillation teacher at {teacher_px} px; " if teacher_px != 64 else ""  # 64: every earlier table
+    teacher_px = config.get("teacher_image_size", EARLIER_TEACHER_PX)
+    teacher = f"distillation teacher at {teacher_px} px; " if teacher_px != EARLIER_TEACHER_PX else ""
     title = (f"Transfer at a fixed pretraining budget ({scaled}resnet18, {config.get('image_size')} px; {teacher}"
              f"{shifted}"
              f"pretrained arms fine-tune with the declared "

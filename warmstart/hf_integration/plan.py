@@ -78,11 +78,6 @@ def shared_controller(model: nn.Module, plan: FinetunePlan | dict, part: str) ->
     return slot.controller
 
 
-def _saves_checkpoints(args: Any) -> bool:
-    """True unless ``save_strategy`` is ``"no"`` (an enum in transformers, a string in a plain namespace)."""
-    return str(getattr(args.save_strategy, "value", args.save_strategy)) != "no"
-
-
 def check_anchor_arguments(args: Any) -> None:
     """Refuse an anchor where its gradient would be added to fp16-scaled gradients.
 
@@ -288,7 +283,8 @@ class FinetuneCallback(TrainerCallback, ExportableState):
         else:
             controller.anchor.values = {}  # a new run of a reused callback starts from these weights
             controller.anchor.capture()
-            if _saves_checkpoints(args):  # without checkpoints there is no resume to read the file
+            # SaveStrategy is a str enum; without checkpoints there is no resume to read the file
+            if args.save_strategy != "no":
                 path = Path(args.output_dir) / ANCHOR_FILE
                 if state.is_world_process_zero:
                     path.parent.mkdir(parents=True, exist_ok=True)

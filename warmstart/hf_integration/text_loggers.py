@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart._optional import require
-from warmstart.pretraining.loggers import PROJECT, local_mlflow_uri, resolve_loggers, run_environment
+from warmstart.pretraining.loggers import PROJECT, local_mlflow_uri, resolve_loggers
 
 transformers = require("transformers", "hf")
 
@@ -138,4 +138,4 @@ def _step(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-__all__ = ["CSV_FILE", "CsvLogCallback", "TrainerLogging", "run_environment", "trainer_logging"]
+__all__ = ["CSV_FILE", "CsvLogCallback", "TrainerLogging", "trainer_logging"]

@@ -24,10 +24,10 @@ import torch
 
 from warmstart._optional import require
 
-from ..pretraining.loggers import PROCESS_WIDE
+from ..pretraining.loggers import PROCESS_WIDE, run_environment
 from .resume import resume_path
 from .text_data import MAX_CHARS, read_texts
-from .text_loggers import run_environment, trainer_logging
+from .text_loggers import trainer_logging
 
 transformers = require("transformers", "hf")
 
