@@ -111,8 +111,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                         "at epoch ends. Ctrl-C / SIGTERM always write one, then exit with 130 / 143")
     p.add_argument("--views", default="auto", choices=("auto", "batched", "pil"),
                    help="where augmented views are made: batched = on the training device, per-image random "
-                        "parameters (kornia); pil = per image in the DataLoader (lightly/PIL); auto = batched, "
-                        "except with a custom transform or --channels")
+                        "parameters (kornia; --channels images too); pil = per image in the DataLoader (lightly/PIL); "
+                        "auto = batched, except with a custom transform or without kornia")
     p.add_argument("--val-data", default=None, help="labeled folder (one subfolder per class) for kNN accuracy")
     p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
     p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")

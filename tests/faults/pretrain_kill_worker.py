@@ -1,6 +1,6 @@
 """A `warmstart.pretrain` run for the kill/resume tests: tiny CNN, one thread, a progress line per batch.
 
-Usage: python pretrain_kill_worker.py OUT DATA EPOCHS [--resume] [--sleep SECONDS]
+Usage: python pretrain_kill_worker.py OUT DATA EPOCHS [--resume] [--sleep SECONDS] [--channels N]
 Writes ``OUT.progress`` lines ``<epoch> <global_step>`` after every batch, so the test can kill the process at a
 known point instead of guessing with a timer. The sleep only slows the run down; it changes no number.
 """
@@ -28,9 +28,9 @@ class Progress(L.Callback):
         time.sleep(self.sleep)
 
 
-def tiny_cnn() -> nn.Module:
+def tiny_cnn(channels: int = 3) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+    return nn.Sequential(nn.Conv2d(channels, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
@@ -38,10 +38,11 @@ def tiny_cnn() -> nn.Module:
 def main(argv: list[str]) -> None:
     out, data, epochs = Path(argv[0]), Path(argv[1]), int(argv[2])
     sleep = float(argv[argv.index("--sleep") + 1]) if "--sleep" in argv else 0.0
+    channels = int(argv[argv.index("--channels") + 1]) if "--channels" in argv else None
     torch.set_num_threads(1)
-    pretrain(out, data, tiny_cnn(), method="byol", epochs=epochs, batch_size=8, image_size=32, progress=False,
-             accelerator="cpu", devices=1, resume="--resume" in argv, checkpoint_every=2,
-             callbacks=[Progress(Path(f"{out}.progress"), sleep)])
+    pretrain(out, data, tiny_cnn(channels or 3), method="byol", epochs=epochs, batch_size=8, image_size=32,
+             progress=False, accelerator="cpu", devices=1, resume="--resume" in argv, checkpoint_every=2,
+             channels=channels, callbacks=[Progress(Path(f"{out}.progress"), sleep)])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,16 @@ def images(tmp_path_factory) -> Path:
                               tmp_path_factory.mktemp("kill_data"))
 
 
+@pytest.fixture(scope="module")
+def bands(tmp_path_factory) -> Path:
+    """48 four-band 16-bit arrays (a satellite-like ``channels=4`` folder)."""
+    root = tmp_path_factory.mktemp("kill_bands")
+    rng = np.random.default_rng(1)
+    for i in range(48):
+        np.save(root / f"{i:02d}.npy", rng.integers(0, 65535, (32, 32, 4), dtype=np.uint16))
+    return root
+
+
 def _worker(out: Path, data: Path, epochs: int, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(WORKER), str(out), str(data), str(epochs), *extra], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -63,10 +73,14 @@ def _finish(proc: subprocess.Popen, timeout: float = 180.0) -> int:
     return proc.returncode
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["rgb", "channels"])
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(kind: str, request, tmp_path: Path) -> None:
+    # RGB images, and 4-band float images (channels=4: float32 cache, intensity views), both on batched views
+    images = request.getfixturevalue("images" if kind == "rgb" else "bands")
+    flags = ("--channels", "4") if kind == "channels" else ()
     epochs = 4
-    reference = _worker(tmp_path / "full", images, epochs)
-    killed = _worker(tmp_path / "cut", images, epochs, "--sleep", "0.3")
+    reference = _worker(tmp_path / "full", images, epochs, *flags)
+    killed = _worker(tmp_path / "cut", images, epochs, "--sleep", "0.3", *flags)
     try:
         # Past 2 whole epochs and 3 batches into the third: the newest checkpoint (every 2 steps) is mid-epoch.
         _wait_for(lambda: len(_progress(tmp_path / "cut")) >= 2 * BATCHES_PER_EPOCH + 3, killed, "epoch 3")
@@ -79,7 +93,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(images: Path, tmp_
     loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert ckpt["epoch"] == 2 and 0 < loader_state["batches_done"] < BATCHES_PER_EPOCH, loader_state
 
-    resumed = _worker(tmp_path / "cut", images, epochs, "--resume")
+    resumed = _worker(tmp_path / "cut", images, epochs, "--resume", *flags)
     assert _finish(resumed) == 0, resumed.stderr.read()[-3000:]
     assert _finish(reference) == 0, reference.stderr.read()[-3000:]
     # The resumed session trained exactly the batches after the checkpoint: no replay, no gap.
@@ -89,6 +103,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(images: Path, tmp_
     assert resumed_steps == list(range(ckpt["global_step"] + 1, epochs * BATCHES_PER_EPOCH + 1)), logged
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == epochs * BATCHES_PER_EPOCH
+    assert summary["views"] == "batched" and summary.get("channels") == (4 if flags else None)
     full = load_file(tmp_path / "full" / "exported" / "backbone.safetensors")
     again = load_file(tmp_path / "cut" / "exported" / "backbone.safetensors")
     assert full.keys() == again.keys()

@@ -13,8 +13,8 @@ from PIL import Image
 from ssl_helpers import digit_folder, one_thread, tiny_cnn  # noqa: F401 - one_thread is an autouse fixture
 
 from warmstart.core.ssl import get_method
-from warmstart.core.ssl.views import ViewSpec, pil_view
-from warmstart.pretraining.batched_views import BatchedViews, LoadResized
+from warmstart.core.ssl.views import ViewSpec, channel_view, pil_view
+from warmstart.pretraining.batched_views import BatchedViews, LoadResized, LoadResizedChannels
 
 N = 400  # views per path: enough for a standard error of ~0.01-0.02 on every statistic below
 SIZE = 32
@@ -217,3 +217,65 @@ def test_batched_color_jitter_equals_torchvision_ops_per_image_in_the_drawn_orde
         # 2e-4: torchvision's grey uses 0.2989 for red, ours (and kornia's) 0.299; measured differences <= 6e-5.
         assert torch.allclose(ours[i], expected, atol=2e-4), i
     assert 0 < jittered < 24
+
+
+# ------------------------------------------------------------------------- channels=N: float images of any range
+def _bands() -> torch.Tensor:
+    """A smooth 3-band float image in [0, 2.2]: past 1.0, so clipping would show."""
+    y, x = torch.meshgrid(torch.arange(SIZE) / SIZE, torch.arange(SIZE) / SIZE, indexing="ij")
+    return torch.stack([1.0 + 0.8 * torch.sin(6 * x), 1.2 + torch.cos(5 * y), 0.4 + 0.3 * torch.sin(4 * (x + y))])
+
+
+def _channel_draws(spec: ViewSpec, image: torch.Tensor, batched: bool, n: int = N) -> torch.Tensor:
+    if batched:
+        batch = LoadResizedChannels(SIZE, image.shape[0])(image)[None].expand(n, -1, -1, -1)
+        return BatchedViews([spec], None, seed=1, channels=image.shape[0])(batch, torch.arange(n), epoch=0)[0]
+    view = channel_view(spec, None)
+    out = []
+    for i in range(n):  # seeded like SeededViews (the channel path draws from torch's global RNG only)
+        torch.manual_seed(i)
+        out.append(view(image))
+    return torch.stack(out)
+
+
+def test_channel_views_crop_like_the_per_image_channel_path() -> None:
+    spec = get_method("simclr", tiny_cnn(), SIZE).view_specs[0].with_(cj_prob=0.0)
+    ramp = torch.arange(SIZE, dtype=torch.float32) * 0.5  # 0..15.5: a kept span of k pixels reads (k - 1) * 0.5
+    image = torch.stack([ramp.expand(SIZE, SIZE), ramp[:, None].expand(SIZE, SIZE)])
+
+    def kept(views: torch.Tensor) -> torch.Tensor:
+        span = lambda c: (views[:, c].amax((1, 2)) - views[:, c].amin((1, 2))) / 0.5 + 1  # noqa: E731
+        return span(0) * span(1) / SIZE**2
+
+    per_image, batched = kept(_channel_draws(spec, image, False)), kept(_channel_draws(spec, image, True))
+    assert 0.3 < batched.mean() < 0.8 and batched.min() >= 0.15
+    _close(per_image, batched, "area kept", floor=0.02)
+    _close(per_image.square(), batched.square(), "area kept, 2nd moment", floor=0.02)
+
+
+def test_channel_views_intensity_statistics_match_the_per_image_path_without_clipping() -> None:
+    spec = get_method("simclr", tiny_cnn(), SIZE).view_specs[0].with_(noise_prob=0.5, noise_std=0.05)
+    per_image, batched = _channel_draws(spec, _bands(), False), _channel_draws(spec, _bands(), True)
+    assert batched.shape == (N, 3, SIZE, SIZE) and batched.max() > 1.5  # raw floats keep their range
+    # One brightness and one contrast factor shared by the bands, contrast around each band's own mean: the ratio
+    # of two bands' means moves only with the crop, so its spread is small in both paths.
+    for name, stat in {"mean": lambda v: v.mean((1, 2, 3)), "band 0 contrast": lambda v: v[:, 0].std((1, 2)),
+                       "band 2 contrast": lambda v: v[:, 2].std((1, 2)),
+                       "band ratio": lambda v: v[:, 2].mean((1, 2)) / v[:, 0].mean((1, 2))}.items():
+        a, b = stat(per_image), stat(batched)
+        _close(a, b, name, floor=0.03)
+        _close((a - a.mean()).abs(), (b - a.mean()).abs(), f"{name}, spread", floor=0.01)
+
+
+def test_channel_intensity_jitter_scales_every_band_of_an_image_by_one_factor() -> None:
+    spec = ViewSpec(size=SIZE, scale=(1.0, 1.0), ratio=(1.0, 1.0), hf_prob=0.0, vf_prob=0.0, rr_prob=0.0,
+                    cj_prob=1.0, cj_bright=0.4, cj_contrast=0.0, cj_sat=0.0, cj_hue=0.0, gray_prob=0.0,
+                    blur_prob=0.0, solarize_prob=0.0, noise_prob=0.0)
+    images = 0.5 + torch.rand(16, 5, SIZE, SIZE) * 3
+    views = BatchedViews([spec], None, seed=0, channels=5)(images, torch.arange(16), epoch=0)[0]
+    factor = views / images
+    assert torch.allclose(factor, factor[:, :1, :1, :1].expand_as(factor), rtol=1e-4)  # one factor per image
+    per_image = factor[:, 0, 0, 0]
+    assert per_image.min() >= 0.6 - 1e-6 and per_image.max() <= 1.4 + 1e-6 and per_image.std() > 0.1
+    with pytest.raises(ValueError, match=r"\(B, 5, H, W\)"):
+        BatchedViews([spec], None, channels=5)(images[:, :3], torch.arange(16), epoch=0)

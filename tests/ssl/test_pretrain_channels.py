@@ -67,6 +67,9 @@ def test_one_channel_16_bit_pngs_on_a_torchvision_resnet(gray16: Path, tmp_path:
     summary = pretrain(out, gray16, backbone, method="simclr", channels=1, **RUN)
 
     assert summary["status"] == "completed" and summary["steps"] == 3 and summary["channels"] == 1
+    # the default path: views made on the device in batches from float32 images cached in RAM (1 x 32 x 32 each)
+    assert summary["views"] == "batched" and summary["cache"]["mode"] == "ram"
+    assert summary["cache"]["bytes"] == 24 * 4 * 1 * 32 * 32
     expected = channel_stats(UnlabeledImages(gray16, channels=1, progress=False))
     assert summary["normalize"] == expected and len(expected["mean"]) == 1
     assert 0.05 < expected["mean"][0] < 0.95  # 16-bit values scaled by 65535, not clipped at 255
@@ -103,7 +106,8 @@ def test_one_channel_16_bit_pngs_on_a_torchvision_resnet(gray16: Path, tmp_path:
 def test_four_band_images_on_a_timm_model(bands4: Path, tmp_path: Path) -> None:
     timm = pytest.importorskip("timm")
     out = tmp_path / "run"
-    summary = pretrain(out, bands4, "timm/test_resnet", method="byol", channels=4, **RUN)
+    summary = pretrain(out, bands4, "timm/test_resnet", method="byol", channels=4, views="pil", **RUN)
+    assert summary["views"] == "pil" and summary["cache"]["mode"] == "off"  # per-image views stream from disk
     assert summary["steps"] == 3 and summary["channels"] == 4 and len(summary["normalize"]["std"]) == 4
     assert summary["data_files"]["used"] == 24  # .npy arrays and multi-page TIFFs both used
     means = summary["normalize"]["mean"]
@@ -122,6 +126,25 @@ def test_four_band_images_on_a_timm_model(bands4: Path, tmp_path: Path) -> None:
     assert conv_in_channels(native) == 4 and native(torch.rand(2, 4, 32, 32)).shape[0] == 2
 
 
+def test_channel_batches_from_the_ram_cache_train_exactly_as_streamed_ones(bands4: Path, tmp_path: Path) -> None:
+    # The cache keeps the loader's float32 output and the views are seeded per image, so caching changes no number;
+    # a cache that cut the 16-bit data to 8 bits, or views drawn another way, would change the weights.
+    runs = {}
+    for cache in ("ram", "off"):
+        summary = pretrain(tmp_path / cache, bands4, "torchvision/resnet18", method="simclr", channels=4,
+                           cache=cache, **RUN)
+        assert summary["views"] == "batched" and summary["cache"]["mode"] == cache
+        runs[cache] = load_file(tmp_path / cache / "exported" / "backbone.safetensors")
+    import lightning as L
+
+    L.seed_everything(0, verbose=False)  # what pretrain(seed=0) does before building: the same initial weights
+    initial = build_backbone("torchvision/resnet18", image_size=32, channels=4).native_state_dict()
+    assert runs["ram"]["conv1.weight"].shape == (64, 4, 7, 7)
+    assert not torch.equal(runs["ram"]["conv1.weight"], initial["conv1.weight"])  # it trained
+    assert runs["ram"].keys() == runs["off"].keys()
+    assert all(torch.equal(runs["ram"][k], runs["off"][k]) for k in runs["ram"])
+
+
 def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -> None:
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -132,7 +155,8 @@ def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -
         (dict(data=mixed, model="torchvision/resnet18", channels=1), r"1 of 9 images do not have channels=1.*colour"),
         (dict(data=gray16, model="torchvision/resnet18", channels=4), r"24 of 24 images do not have channels=4"),
         (dict(data=gray16, model=nn.Sequential(nn.Flatten(), nn.LazyLinear(8)), channels=1), "no Conv2d stem"),
-        (dict(data=gray16, model="torchvision/resnet18", channels=1, views="batched"), "views='batched'"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=1, views="pil", cache="ram"),
+         "cache='ram' with views='pil'"),
         (dict(data=gray16, model="torchvision/resnet18", channels=1, method="distillation",
               teacher="efficientnet_lite0"), "distillation"),
         (dict(data=gray16, model="torchvision/resnet18", channels=1, val_data=gray16), "val_data"),

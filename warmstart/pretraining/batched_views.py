@@ -14,6 +14,12 @@ killed mid-epoch resumes to bit-identical weights, and the global RNG is never t
 kornia's kernels (``crop_and_resize``, ``rotate``, ``gaussian_blur2d``), the same ones ``kornia.augmentation``
 calls; brightness, contrast, saturation and hue use torchvision's formulas (hue in a closed form, ``shift_hue``)
 so the statistics match the PIL path's ``ColorJitter``.
+
+Non-RGB images (``channels=N``: X-ray, depth, multi-band satellite data) take the same path with float
+``(N, S, S)`` tensors (:class:`LoadResizedChannels`) and ``BatchedViews(..., channels=N)``, which makes what the
+per-image channel views (``warmstart.core.ssl.views.channel_view``) make: crop, flips, rotation, one brightness
+and one contrast factor per image shared by every band, blur, noise; no colour operation, no solarization and no
+clipping (floats keep their stored range).
 """
 
 from __future__ import annotations
@@ -93,8 +99,44 @@ class LoadResized:
         return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3).permute(
             2, 0, 1).contiguous()
 
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one prepared image (what the RAM cache keeps per image)."""
+        return 3 * self.size * self.size
+
     def __repr__(self) -> str:
         return f"LoadResized({self.size})"
+
+
+class LoadResizedChannels:
+    """The loader side of the batched path for ``channels=N``: float ``(N, H, W)`` -> float32 ``(N, size, size)``.
+
+    Shorter side to ``size`` (bilinear, antialiased), centre square kept: the float counterpart of
+    :class:`LoadResized` (full precision is kept, so 16-bit data is not cut to 8 bits).
+
+    Example:
+        >>> t = LoadResizedChannels(8, 4)(torch.full((4, 32, 16), 2.0))
+        >>> t.shape, t.dtype, float(t.max())
+        (torch.Size([4, 8, 8]), torch.float32, 2.0)
+    """
+
+    def __init__(self, size: int, channels: int) -> None:
+        self.size, self.channels = int(size), int(channels)
+
+    def __call__(self, image: Tensor) -> Tensor:
+        from ..core.channels import resize_center_crop
+
+        if image.ndim != 3 or image.shape[0] != self.channels:
+            raise ValueError(f"expected a ({self.channels}, H, W) tensor, got shape {tuple(image.shape)}")
+        return resize_center_crop(image.float(), self.size).contiguous()
+
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one prepared image (float32)."""
+        return 4 * self.channels * self.size * self.size
+
+    def __repr__(self) -> str:
+        return f"LoadResizedChannels({self.size}, channels={self.channels})"
 
 
 class BatchedViews:
@@ -104,6 +146,9 @@ class BatchedViews:
         specs: one ViewSpec per view (``method.view_specs``).
         normalize: ``{"mean": [...], "std": [...]}`` (``Backbone.normalize``) or None for pixels / 255.
         seed: run seed; an image's parameters come from ``(seed, epoch, index)``.
+        channels: None for RGB images (uint8 or [0, 1] floats); N for float ``(B, N, H, W)`` images of any range
+            (``channels=`` runs): intensity jitter instead of colour jitter, no grayscale or solarization, no
+            clipping.
 
     Example:
         >>> from warmstart.core.ssl.views import ViewSpec
@@ -114,15 +159,20 @@ class BatchedViews:
         ([(4, 3, 16, 16), (4, 3, 8, 8)], True)
     """
 
-    def __init__(self, specs: Sequence[ViewSpec], normalize: dict | None, seed: int = 0) -> None:
+    def __init__(self, specs: Sequence[ViewSpec], normalize: dict | None, seed: int = 0,
+                 channels: int | None = None) -> None:
         if not specs:
             raise ValueError("BatchedViews needs at least one ViewSpec (the method's view_specs)")
         self.specs, self.normalize, self.seed = list(specs), normalize, int(seed)
+        self.channels = None if channels is None else int(channels)
 
     def __call__(self, images: Tensor, indices: Tensor | Sequence[int], epoch: int) -> list[Tensor]:
-        """The views ``[(B, 3, size, size), ...]`` of ``images`` (uint8 or float in [0, 1], (B, 3, H, W))."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"BatchedViews expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        """The views ``[(B, C, size, size), ...]`` of ``images`` ((B, 3, H, W) uint8 or float in [0, 1]; with
+        ``channels``, (B, channels, H, W) floats as stored)."""
+        expected = 3 if self.channels is None else self.channels
+        if images.ndim != 4 or images.shape[1] != expected:
+            raise ValueError(f"BatchedViews expects images of shape (B, {expected}, H, W), got "
+                             f"{tuple(images.shape)}")
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         idx = indices.tolist() if isinstance(indices, Tensor) else list(indices)
         # Drawn on the CPU (a few hundred numbers per image) and moved once: device RNGs differ across hardware.
@@ -130,16 +180,18 @@ class BatchedViews:
         return [self.view(x, spec, u[:, v]) for v, spec in enumerate(self.specs)]
 
     def view(self, x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
-        """One view of float images ``x`` in [0, 1] from per-image uniforms ``u`` (B, DRAWS_PER_VIEW)."""
+        """One view of images ``x`` (floats in [0, 1]; any range with ``channels``) from per-image uniforms ``u``
+        (B, DRAWS_PER_VIEW)."""
         kornia = require("kornia", "ssl")
-        out = _resized_crop(x, spec, u)
+        rgb = self.channels is None
+        out = _resized_crop(x, spec, u, clip=rgb)
         out = torch.where((u[:, _HFLIP] < spec.hf_prob)[:, None, None, None], out.flip(-1), out)
         out = torch.where((u[:, _VFLIP] < spec.vf_prob)[:, None, None, None], out.flip(-2), out)
         if spec.rr_prob > 0:
             out = _rotate(out, spec, u, kornia)
         if spec.cj_prob > 0:
-            out = _color_jitter(out, spec, u)
-        if spec.gray_prob > 0:
+            out = _color_jitter(out, spec, u) if rgb else _intensity_jitter(out, spec, u)
+        if spec.gray_prob > 0 and rgb:
             gray = _gray(out).expand_as(out)
             out = torch.where((u[:, _GRAY] < spec.gray_prob)[:, None, None, None], gray, out)
         if spec.blur_prob > 0:
@@ -149,11 +201,11 @@ class BatchedViews:
                 sigma = (lo + (hi - lo) * u[chosen, _SIGMA])[:, None].expand(-1, 2).contiguous()
                 size = min(blur_kernel_size(hi), 2 * ((out.shape[-1] - 1) // 2) + 1)
                 out = out.index_copy(0, chosen, kornia.filters.gaussian_blur2d(out[chosen], size, sigma))
-        if spec.solarize_prob > 0:  # PIL's ImageOps.solarize(threshold=128): pixels >= 128 are inverted
+        if spec.solarize_prob > 0 and rgb:  # PIL's ImageOps.solarize(threshold=128): pixels >= 128 are inverted
             solar = torch.where(out >= 128 / 255, 1.0 - out, out)
             out = torch.where((u[:, _SOLAR] < spec.solarize_prob)[:, None, None, None], solar, out)
         if spec.noise_prob > 0 and spec.noise_std > 0:
-            out = _noise(out, spec, u)
+            out = _noise(out, spec, u, clip=rgb)
         if self.normalize:
             mean = torch.tensor(self.normalize["mean"], device=out.device, dtype=out.dtype)[None, :, None, None]
             std = torch.tensor(self.normalize["std"], device=out.device, dtype=out.dtype)[None, :, None, None]
@@ -197,7 +249,7 @@ def crop_boxes(height: int, width: int, spec: ViewSpec, u: Tensor) -> Tensor:
     return torch.where(any_ok[:, None], boxes, fallback).long()
 
 
-def _resized_crop(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
+def _resized_crop(x: Tensor, spec: ViewSpec, u: Tensor, clip: bool = True) -> Tensor:
     kornia = require("kornia", "ssl")
     # On the CPU in float64 like torchvision's Python floats (and MPS has no float64).
     top, left, h, w = crop_boxes(x.shape[-2], x.shape[-1], spec, u.cpu()).to(x.device, x.dtype).unbind(1)
@@ -206,7 +258,7 @@ def _resized_crop(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
                          torch.stack([x0, y1], 1)], 1)
     out = kornia.geometry.transform.crop_and_resize(x, boxes, (spec.size, spec.size), mode=spec.interpolation,
                                                     align_corners=True)
-    return out.clamp_(0, 1)  # bicubic overshoots; PIL clips to uint8 too
+    return out.clamp_(0, 1) if clip else out  # bicubic overshoots; PIL clips to uint8 too (raw floats: kept)
 
 
 def _rotate(x: Tensor, spec: ViewSpec, u: Tensor, kornia) -> Tensor:
@@ -252,6 +304,21 @@ def _color_jitter(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
     return out
 
 
+def _intensity_jitter(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
+    """The channel path's ``_IntensityJitter`` per image: brightness ``b*x`` and contrast ``c*x + (1-c)*mean``
+    around each channel's own mean, one ``b`` and one ``c`` per image shared by all channels, with cj_prob.
+
+    The per-image path applies the two in a random order; both orders give ``b * (c*x + (1-c)*mean(x))`` (the
+    mean of ``b*x`` is ``b*mean(x)``), so no order is drawn here.
+    """
+    apply = u[:, _CJ] < spec.cj_prob
+    b = (1 + spec.cj_bright * (2 * u[:, _B] - 1)).clamp_min(0).to(x.dtype)
+    c = (1 + spec.cj_contrast * (2 * u[:, _C] - 1)).clamp_min(0).to(x.dtype)
+    b = torch.where(apply, b, torch.ones_like(b))[:, None, None, None]
+    c = torch.where(apply, c, torch.ones_like(c))[:, None, None, None]
+    return b * (c * x + (1 - c) * x.mean((-2, -1), keepdim=True))
+
+
 def _gray(x: Tensor) -> Tensor:
     # ITU-R 601 luma, kornia's rgb_to_grayscale weights (torchvision rounds red to 0.2989), as one batched reduction
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
@@ -283,11 +350,11 @@ def shift_hue(x: Tensor, shift: Tensor) -> Tensor:
     return (maxc[:, None] - chroma[:, None] * torch.minimum(k, 4.0 - k).clamp(0, 1)).clamp(0, 1)
 
 
-def _noise(x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
+def _noise(x: Tensor, spec: ViewSpec, u: Tensor, clip: bool = True) -> Tensor:
     # Per-image noise from a generator seeded by the image's own uniforms, so it is as reproducible as the rest.
     noisy = x.clone()
     for row in (u[:, _NOISE] < spec.noise_prob).nonzero().flatten().tolist():
         generator = torch.Generator().manual_seed(int(u[row, _NOISE].item() * 2**31))
         noise = torch.randn(x.shape[1:], generator=generator).to(x.device, x.dtype)
-        noisy[row] = (x[row] + spec.noise_std * noise).clamp(0, 1)
+        noisy[row] = (x[row] + spec.noise_std * noise).clamp(0, 1) if clip else x[row] + spec.noise_std * noise
     return noisy

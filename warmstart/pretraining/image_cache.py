@@ -1,4 +1,4 @@
-"""Decoded-image cache in RAM: decode each image once, keep it as uint8, serve it every epoch.
+"""Decoded-image cache in RAM: decode each image once, keep it (uint8 RGB, float32 channels), serve it every epoch.
 
 Design (why this shape): the cache is filled **in the main process**, before the first epoch, by one pass over the
 dataset (a progress bar from 500 images on). DataLoader workers are then started (persistent, so once per run)
@@ -8,7 +8,8 @@ worker receives one pickled copy when it starts.) Filling lazily inside workers 
 worker and keep N copies.
 
 What is kept is the loader's deterministic part only, at most its working size: for the PIL path the decoded RGB
-image (``load_rgb``), for ``views="batched"`` the ``LoadResized`` uint8 ``(3, S, S)`` tensor. The random views are
+image (``load_rgb``), for ``views="batched"`` the ``LoadResized`` uint8 ``(3, S, S)`` tensor (with ``channels=N``, the
+``LoadResizedChannels`` float32 ``(N, S, S)`` tensor: full precision, 4 bytes per value). The random views are
 still made from it every epoch with the same per-image seeds, so a cached run trains bit-identically to a streamed
 one.
 
@@ -80,14 +81,14 @@ def default_budget_gb() -> float:
 def estimate_bytes(dataset: Any, prepare: Callable | None) -> int:
     """Bytes the cache would take for ``dataset`` (an ``UnlabeledImages`` whose transform is None).
 
-    ``prepare`` is the cached loader step: a ``LoadResized`` (``.size``: exactly ``n * 3 * S * S``) or None
-    (decoded RGB images: ``3 * w * h`` from each file's header, which PIL reads without decoding the pixels).
-    A Dataset source has no files: its first item's size times the item count.
+    ``prepare`` is the cached loader step: a ``LoadResized`` / ``LoadResizedChannels`` (``.item_bytes``: exactly
+    ``n * item_bytes``) or None (decoded RGB images: ``3 * w * h`` from each file's header, which PIL reads without
+    decoding the pixels). A Dataset source has no files: its first item's size times the item count.
     """
     n = len(dataset)
-    size = getattr(prepare, "size", None)
-    if prepare is not None and isinstance(size, int):
-        return n * 3 * size * size
+    item_bytes = getattr(prepare, "item_bytes", None)
+    if prepare is not None and isinstance(item_bytes, int):
+        return n * item_bytes
     files = getattr(dataset, "files", None)
     if prepare is None and files:
         from PIL import Image
@@ -106,13 +107,14 @@ class _Square:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.item_bytes = 3 * size * size
 
     def __call__(self, image: Any) -> torch.Tensor:
         return torch.zeros(3, self.size, self.size, dtype=torch.uint8)
 
 
 class CachedImages(Dataset):
-    """``dataset`` decoded (and ``prepare``-d) once into uint8 arrays in RAM; item ``i`` -> ``transform(cached)``.
+    """``dataset`` decoded (and ``prepare``-d) once into arrays in RAM; item ``i`` -> ``transform(cached)``.
 
     Args:
         dataset: item ``i`` -> PIL image (an ``UnlabeledImages`` with ``transform=None``).
@@ -169,8 +171,9 @@ class CachedImages(Dataset):
 
 def _as_array(item: Any) -> np.ndarray:
     if isinstance(item, torch.Tensor):
-        if item.dtype != torch.uint8:
-            raise TypeError(f"the cache keeps uint8 images; the loader step gave {item.dtype}")
+        # uint8 RGB (LoadResized) or float32 channels (LoadResizedChannels): nothing else is a prepared image
+        if item.dtype not in (torch.uint8, torch.float32):
+            raise TypeError(f"the cache keeps uint8 or float32 images; the loader step gave {item.dtype}")
         return item.contiguous().numpy()
     array = np.asarray(item)
     if array.dtype != np.uint8:

@@ -101,10 +101,10 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             cache (the loader only gathers ready tensors); else the cores this process may use
             (``os.sched_getaffinity``) divided by the devices on this node, minus one for the training process,
             capped at 8; so 0 on a single core. An int is used as given.
-        cache: keep the decoded images in RAM as uint8, decoded once before the first epoch (the PIL path keeps
-            the decoded image, ``views="batched"`` the resized one). ``"auto"`` (default): when the estimate fits
-            ``cache_budget_gb``, else stream from disk with one warning; ``"ram"``: always, an estimate over the
-            budget is an error; ``"off"``: stream.
+        cache: keep the decoded images in RAM as uint8 (float32 with ``channels``), decoded once before the first
+            epoch (the PIL path keeps the decoded image, ``views="batched"`` the resized one). ``"auto"``
+            (default): when the estimate fits ``cache_budget_gb``, else stream from disk with one warning;
+            ``"ram"``: always, an estimate over the budget is an error; ``"off"``: stream.
         cache_budget_gb: RAM the cache may use on this machine (split between its local processes); default 25%
             of the RAM available at start. Less than one batch of decoded images is an error.
         callbacks: extra Lightning callbacks.
@@ -119,13 +119,14 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         views: where the augmented views are made. ``"batched"``: the loader only decodes and resizes, the views
             are made on the training device a batch at a time with per-image random parameters (kornia, the
             method's ``view_specs``); ``"pil"``: per image in the DataLoader with the PIL transform; ``"auto"``
-            (default): batched, on the CPU too (``benchmarks/views_throughput.py``); PIL whenever ``transform``
-            or ``channels`` is given, or kornia is not installed.
+            (default): batched, on the CPU too (``benchmarks/views_throughput.py``), ``channels`` images included;
+            PIL whenever ``transform`` is given, or kornia is not installed.
         channels: input channels for non-RGB images (1: X-ray/depth, 4+: multi-band). Files are read at full
             precision (16-bit kept, ``.npy`` accepted), the backbone's first conv takes ``channels`` inputs, views are
-            geometric + intensity only, and per-channel mean/std computed from the data replace the family's RGB
-            statistics (recorded in ``summary.json`` and ``exported/backbone.json``). Any image with another channel
-            count is an error before training. None (default) or 3: the RGB path. See docs/ssl.md.
+            geometric + intensity only (batched on the device by default, float32 in the RAM cache), and
+            per-channel mean/std computed from the data replace the family's RGB statistics (recorded in
+            ``summary.json`` and ``exported/backbone.json``). Any image with another channel count is an error
+            before training. None (default) or 3: the RGB path. See docs/ssl.md.
         method_kwargs: method options, e.g. ``temperature=0.1`` (see ``warmstart.core.ssl.method_options``).
 
     Returns:
@@ -177,10 +178,10 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if views == "batched" and transform is not None:
         raise ValueError("views='batched' makes the method's own views on the device; a custom transform= is a "
                          "per-image PIL transform: pass views='pil' (or 'auto') with it")
-    channels = _check_channel_options(channels, views, method, val_data, cache)
-    if channels is not None:  # per-image views in the loader; stream from disk (cache="ram" was refused above)
-        views, cache = "pil", "off"
     views = _resolve_views(views, transform)
+    channels = _check_channel_options(channels, views, method, val_data, cache)
+    if channels is not None and views == "pil":  # per-image float views stream from disk (cache="ram" refused)
+        cache = "off"
     resolve_num_workers(num_workers)  # a bad value fails now ("auto" is resolved per device by the data module)
     checkpoint = out / "checkpoints" / "last.ckpt"
     if not launched_child:
@@ -207,14 +208,15 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if transform is not None:
         ssl_method.transform = _check_transform(transform, ssl_method.transform, dataset)
     if views == "batched":
-        from .batched_views import LoadResized
+        from .batched_views import LoadResized, LoadResizedChannels
 
         require("kornia", "ssl")  # a missing extra fails here, before the Trainer starts
-        loader_transform: Callable = LoadResized(max(spec.size for spec in ssl_method.view_specs))
+        size = max(spec.size for spec in ssl_method.view_specs)
+        loader_transform: Callable = LoadResized(size) if channels is None else LoadResizedChannels(size, channels)
     else:
         loader_transform = ssl_method.transform
     dataset.transform = loader_transform
-    module = SSLModule(ssl_method, lr=lr, seed=seed, views=views)
+    module = SSLModule(ssl_method, lr=lr, seed=seed, views=views, channels=channels)
     datamodule = SSLDataModule(dataset, loader_transform, batch_size=batch_size, num_workers=num_workers,
                                seed=seed, views=views, pin_memory="auto", cache=cache,
                                cache_budget_gb=cache_budget_gb, progress=progress)
@@ -279,8 +281,8 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
         run_checkpoint.mid_epoch = trainer.world_size == 1
         # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
-        if channels is not None:  # the RAM cache keeps 8-bit RGB; full-precision channels stream from disk
-            datamodule.cache_info = {"mode": "off", "reason": "channels: images are read at full precision"}
+        if channels is not None and views == "pil":  # uncropped full-precision images: streamed from disk
+            datamodule.cache_info = {"mode": "off", "reason": "channels with views='pil': images stream from disk"}
         datamodule.plan_cache(local_processes=trainer.num_devices)
         # ---- train ----------------------------------------------------------------------------------------------
         info = dict(model=model, method=method, views=views, image_size=image_size, batch_size=int(batch_size),
@@ -440,14 +442,13 @@ def _check_channel_options(channels: Any, views: str, method: str, val_data: Any
     if _check_channels(channels) == 3:
         return None
     why = None
-    if views == "batched":
-        why = "views='batched' (the on-device views are RGB); use views='pil' or 'auto'"
-    elif method == "distillation":
+    if method == "distillation":
         why = "method='distillation' (the teachers read RGB images); use simclr, byol or dino"
     elif val_data is not None:
         why = "val_data (the kNN monitor reads RGB images); leave it out and run embed(..., channels=) afterwards"
-    elif cache == "ram":
-        why = "cache='ram' (the cache keeps 8-bit RGB images); use cache='auto' or 'off'"
+    elif cache == "ram" and views == "pil":
+        why = ("cache='ram' with views='pil' (per-image views read the uncropped files from disk); use "
+               "views='auto' (batched views cache float32 images), or cache='auto'/'off'")
     if why:
         raise ValueError(f"channels={channels} does not work with {why}")
     return int(channels)

@@ -41,7 +41,8 @@ class SSLModule(L.LightningModule):
     def __init__(self, method: Method | str = "simclr", backbone: str | nn.Module | None = None,
                  image_size: int = 64, *, lr: float | None = None, weight_decay: float | None = None,
                  warmup_fraction: float = 0.1, optimizer: str = "adamw", seed: int | None = 0,
-                 method_kwargs: dict[str, Any] | None = None, views: str = "pil") -> None:
+                 method_kwargs: dict[str, Any] | None = None, views: str = "pil",
+                 channels: int | None = None) -> None:
         super().__init__()
         if views not in ("pil", "batched"):
             raise ValueError(f"views must be 'pil' or 'batched', got {views!r}")
@@ -77,7 +78,8 @@ class SSLModule(L.LightningModule):
                                  "batches on the device; use views='pil'")
             from .batched_views import BatchedViews
 
-            self.batched_views = BatchedViews(self.method.view_specs, self.method.normalize, seed or 0)
+            self.batched_views = BatchedViews(self.method.view_specs, self.method.normalize, seed or 0,
+                                              channels=channels)
 
     @property
     def backbone(self) -> nn.Module:
@@ -89,8 +91,9 @@ class SSLModule(L.LightningModule):
         return self.method.backbone(x)
 
     def batched_views_of(self, batch: Any) -> Any:
-        """Batched mode: turn ``[uint8 images, indices]`` (already on the device) into the method's views."""
-        if self.batched_views is None or not _is_image_batch(batch):
+        """Batched mode: turn ``[images, indices]`` (already on the device; uint8 RGB, float32 with ``channels``)
+        into the method's views."""
+        if self.batched_views is None or not _is_image_batch(batch, self.batched_views.channels is not None):
             return batch
         images, indices = batch
         # The epoch of the batch is the trainer's (the sampler's epoch), restored on resume with the loop state.
@@ -186,11 +189,13 @@ def fused_kernels_fit(params: Sequence[Tensor]) -> bool:
         for p in params)
 
 
-def _is_image_batch(batch: Any) -> bool:
-    # SSLDataModule(views="batched") batches: [uint8 (B, 3, S, S), indices (B,)].
-    return (isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[0], Tensor)
-            and batch[0].ndim == 4 and batch[0].dtype == torch.uint8 and isinstance(batch[1], Tensor)
-            and batch[1].ndim == 1)
+def _is_image_batch(batch: Any, float_images: bool = False) -> bool:
+    # SSLDataModule(views="batched") batches: [uint8 (B, 3, S, S), indices (B,)]; with channels=N the images are
+    # float32 (B, N, S, S). A list of two float view batches is 4-D in both places, never a 1-D index tensor.
+    if not (isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[0], Tensor)
+            and isinstance(batch[1], Tensor) and batch[0].ndim == 4 and batch[1].ndim == 1):
+        return False
+    return batch[0].dtype == torch.uint8 or (float_images and batch[0].is_floating_point())
 
 
 def _views(batch: Any) -> list[Tensor]:
