@@ -145,12 +145,40 @@ def test_channel_batches_from_the_ram_cache_train_exactly_as_streamed_ones(bands
     assert all(torch.equal(runs["ram"][k], runs["off"][k]) for k in runs["ram"])
 
 
+def test_knn_monitor_reads_labeled_band_images_like_embed_does(bands4: Path, tmp_path: Path) -> None:
+    # Two classes told apart by which band is bright. The monitor's last kNN accuracy must equal a kNN on embed()
+    # features of the export (same full-precision reading, same per-band statistics, same final weights).
+    from warmstart.core.ssl import knn_accuracy
+
+    val = tmp_path / "val"
+    scenes = _scenes(40, 4, seed=2)
+    for i, img in enumerate(scenes):
+        label = i % 2
+        img[:, :, 3 * label] = np.minimum(img[:, :, 3 * label].astype(np.int64) * 3, 65535).astype(np.uint16)
+        (val / f"class{label}").mkdir(parents=True, exist_ok=True)
+        np.save(val / f"class{label}" / f"{i:03d}.npy", img)
+    out = tmp_path / "run"
+    summary = pretrain(out, bands4, "torchvision/resnet18", method="simclr", channels=4, val_data=val,
+                       **{**RUN, "epochs": 2})
+    history = summary["knn_history"]
+    assert [h["epoch"] for h in history] == [-1, 0, 1]
+    feats = embed(val, None, weights=out / "exported", image_size=32, progress=False, device="cpu")
+    labels = torch.tensor([0] * 20 + [1] * 20)  # embed reads class0/ then class1/, each sorted by path
+    expected = knn_accuracy(torch.from_numpy(feats), labels, k=20)
+    assert history[-1]["knn_acc"] == pytest.approx(expected, abs=1e-6)
+    assert expected > 0.75  # the bright band is visible through the data's own normalisation
+
+
 def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -> None:
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for p in sorted(gray16.iterdir())[:8]:
         (mixed / p.name).write_bytes(p.read_bytes())
     Image.new("RGB", (40, 40)).save(mixed / "colour.png")
+    rgb_labeled = tmp_path / "rgb_val"
+    for name in ("a", "b"):
+        (rgb_labeled / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40)).save(rgb_labeled / name / "x.png")
     cases = [
         (dict(data=mixed, model="torchvision/resnet18", channels=1), r"1 of 9 images do not have channels=1.*colour"),
         (dict(data=gray16, model="torchvision/resnet18", channels=4), r"24 of 24 images do not have channels=4"),
@@ -159,7 +187,8 @@ def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -
          "cache='ram' with views='pil'"),
         (dict(data=gray16, model="torchvision/resnet18", channels=1, method="distillation",
               teacher="efficientnet_lite0"), "distillation"),
-        (dict(data=gray16, model="torchvision/resnet18", channels=1, val_data=gray16), "val_data"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=1, val_data=rgb_labeled),
+         r"do not have channels=1"),
         (dict(data=gray16, model="torchvision/resnet18", channels=-1), "channels must be a whole number"),
     ]
     for i, (kwargs, message) in enumerate(cases):

@@ -252,9 +252,11 @@ class LabeledImageFolder(Dataset):
     """Class-per-subfolder images (``root/<class>/**/*.png``) returning ``(tensor, label)``.
 
     ``.classes`` are the sorted subfolder names (label = index). Without ``transform``, images become float
-    tensors (C, H, W) in [0, 1]. Unreadable files are skipped with one warning and counted in ``.skipped``;
-    ``.scan`` accounts for every file under ``root`` (a file outside the class folders is ignored as
-    "not in a class folder"). A file that breaks after the scan is replaced by the next readable
+    tensors (C, H, W) in [0, 1]. ``channels=N``: files (``.npy`` too) are read at full precision as float
+    ``(N, H, W)`` tensors (see :class:`UnlabeledImages`), and a file with another channel count raises
+    ValueError, naming it, before anything is returned. Unreadable files are skipped with one warning and counted
+    in ``.skipped``; ``.scan`` accounts for every file under ``root`` (a file outside the class folders is
+    ignored as "not in a class folder"). A file that breaks after the scan is replaced by the next readable
     ``(image, label)`` pair: an image is never served with another file's label.
 
     Example:
@@ -264,6 +266,13 @@ class LabeledImageFolder(Dataset):
         >>> ds = LabeledImageFolder(root)
         >>> ds.classes, ds.targets, tuple(ds[0][0].shape), ds.scan.counts()["used"]
         (['cat', 'dog'], [0, 0, 1, 1], (3, 8, 8), 4)
+        >>> bands = Path(tempfile.mkdtemp())
+        >>> for name in ("field", "forest"):
+        ...     (bands / name).mkdir()
+        ...     np.save(bands / name / "a.npy", np.full((8, 8, 5), 65535, np.uint16))
+        >>> x, y = LabeledImageFolder(bands, channels=5, progress=False)[1]
+        >>> tuple(x.shape), float(x.max()), y
+        ((5, 8, 8), 1.0, 1)
     """
 
     def __init__(
@@ -273,11 +282,13 @@ class LabeledImageFolder(Dataset):
         *,
         check: bool = True,
         progress: bool = True,
+        channels: int | None = None,
     ) -> None:
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"labeled image folder {root} does not exist (expected root/<class>/<images>).")
-        self.scan = walk_images(root)
+        self.channels = None if channels is None else _channels._check_channels(channels)
+        self.scan = walk_images(root, _channels.ARRAY_SUFFIXES if self.channels is not None else ())
         # A class is a top-level folder holding image files (readable or not: a class whose files are all
         # broken still exists, so labels do not shift when one folder is damaged).
         in_class = [p for p in self.scan.used if len(p.relative_to(root).parts) > 1]
@@ -290,7 +301,7 @@ class LabeledImageFolder(Dataset):
             raise ValueError(f"no class subfolders with images under {root}; a labeled folder needs one "
                              "subfolder per class: root/<class name>/<images>.")
         if check:
-            _check_scan(self.scan, progress)
+            _check_scan(self.scan, progress, self.channels)
         self.skipped_files = list(self.scan.skipped)
         label = {name: i for i, name in enumerate(self.classes)}
         samples = [(p, label[p.relative_to(root).parts[0]]) for p in self.scan.used]
@@ -310,9 +321,10 @@ class LabeledImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         # The label comes from the item actually served: a replacement image keeps its own label.
-        i, img = _load_readable(self.files, index, self._runtime_bad, self.scan)
-        out = self.transform(img) if self.transform is not None else pil_to_tensor(img)
-        return out, self.targets[i]
+        i, img = _load_readable(self.files, index, self._runtime_bad, self.scan, self.channels)
+        if self.transform is not None:
+            return self.transform(img), self.targets[i]
+        return (img if self.channels is not None else pil_to_tensor(img)), self.targets[i]
 
 
 def write_image_folder(

@@ -45,6 +45,8 @@ class KNNMonitor(L.Callback):
     ``val_data`` has one subfolder per class. Runs at the end of every ``every_n_epochs``-th training epoch (and
     once before training, kept in ``history[0]`` as the random-init baseline). The module must expose the backbone
     as ``pl_module.backbone`` (``SSLModule`` does). Images are resized to ``image_size`` (default: the method's).
+    ``channels=N``: the folder holds non-RGB images (``.npy`` too), read at full precision like the training
+    images and normalised with the method's per-channel statistics (``warmstart.core.channels``).
 
     Example:
         >>> import numpy as np, tempfile
@@ -55,7 +57,8 @@ class KNNMonitor(L.Callback):
     """
 
     def __init__(self, val_data: str | Path, k: int = 20, image_size: int | None = None, batch_size: int = 128,
-                 every_n_epochs: int = 1, num_workers: int = 0, check_at_start: bool = True) -> None:
+                 every_n_epochs: int = 1, num_workers: int = 0, check_at_start: bool = True,
+                 channels: int | None = None) -> None:
         super().__init__()
         root = Path(val_data)
         if not root.is_dir():
@@ -64,15 +67,24 @@ class KNNMonitor(L.Callback):
             raise ValueError(f"k and every_n_epochs must be >= 1, got k={k}, every_n_epochs={every_n_epochs}")
         self.val_data, self.k, self.image_size = root, int(k), image_size
         self.batch_size, self.every_n_epochs, self.num_workers = batch_size, every_n_epochs, num_workers
-        self.check_at_start = check_at_start
+        self.check_at_start, self.channels = check_at_start, channels
         self.history: list[tuple[int, float]] = []  # (epoch, accuracy); epoch -1 = before training
         self._loader: DataLoader | None = None
 
     def dataset(self, image_size: int, normalize: dict | None = IMAGENET_NORMALIZE):
-        """The labeled validation set (class per subfolder) with the deterministic eval transform."""
+        """The labeled validation set (class per subfolder) with the deterministic eval transform.
+
+        With ``channels``, every file is checked for that channel count here (a mismatch raises, naming files).
+        """
         from ..core.data import LabeledImageFolder
 
-        dataset = LabeledImageFolder(self.val_data, transform=eval_transform(image_size, normalize), progress=False)
+        if self.channels is None:
+            transform = eval_transform(image_size, normalize)
+        else:  # RGB defaults (ImageNet's 3 means) cannot apply: the caller passes the data's own statistics
+            from ..core.channels import eval_channels_transform
+
+            transform = eval_channels_transform(image_size, None if normalize is IMAGENET_NORMALIZE else normalize)
+        dataset = LabeledImageFolder(self.val_data, transform=transform, progress=False, channels=self.channels)
         if len(getattr(dataset, "classes", [])) < 2:
             raise ValueError(f"kNN validation folder {self.val_data} needs at least 2 class subfolders")
         return dataset
