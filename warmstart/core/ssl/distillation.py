@@ -3,6 +3,14 @@
 Pooled features (an MLP to the teacher's feature size) and/or spatial feature maps (a 1x1 conv to the teacher's
 channels, resized to the teacher's map size, compared per location). lightly has no feature-map distillation
 loss, so that part is written here.
+
+Non-RGB students (``channels=N``: X-ray, depth, multi-band) with an RGB teacher: the teacher sees one gray image
+per view, the mean over the bands of the student's view, in each of its three inputs (:func:`gray_for_teacher`).
+That is exactly what the teacher's first conv would compute with its filters averaged over R, G, B and spread over
+N inputs (``warmstart.core.channels.adapt_first_conv``), without touching the teacher. The student's views are
+standardised per band with the data's own statistics, so the gray image is placed at ImageNet's average pixel
+mean and spread (``GRAY_PIXELS``): an X-ray's narrow 16-bit range reaches the teacher with the contrast of a
+photo, not as a near-constant gray. A teacher built for N inputs itself gets the views as they are.
 """
 
 from __future__ import annotations
@@ -15,11 +23,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import IMAGENET_NORMALIZE
+from ..channels import conv_in_channels
 from .common import Method, feature_dim_of, resolve
 from .views import SIMCLR_JITTER, jitter_view, pil_views
 
 LOSSES = ("cosine", "mse")
 FEATURES = ("pooled", "spatial", "both")
+# ImageNet's RGB mean and std averaged over the channels: where a standardised band lands as a gray pixel
+GRAY_PIXELS = {"mean": [0.449] * 3, "std": [0.226] * 3}
+
+
+def gray_for_teacher(views: Tensor, normalize: dict | None) -> tuple[Tensor, dict | None]:
+    """N-band student views -> ``(3-channel gray views, the statistics they are normalised with)`` for an RGB
+    teacher: the mean over the bands, repeated in R, G and B.
+
+    Views standardised with per-band statistics (``normalize`` set) come back standardised with ``GRAY_PIXELS``;
+    un-normalised views (``normalize`` None: pixel values) come back as pixel values.
+
+    Example:
+        >>> x = torch.stack([torch.zeros(2, 2), torch.full((2, 2), 2.0)])[None]  # one 2-band view
+        >>> gray, stats = gray_for_teacher(x, {"mean": [0.1, 0.2], "std": [1.0, 1.0]})
+        >>> tuple(gray.shape), gray.unique().tolist(), stats == GRAY_PIXELS
+        ((1, 3, 2, 2), [1.0], True)
+    """
+    gray = views.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return gray, (GRAY_PIXELS if normalize is not None else None)
 
 
 def _is_global_pool(module: nn.Module) -> bool:
@@ -137,6 +165,13 @@ class Distillation(Method):
         self.teacher_image_size = teacher_image_size
         self.teacher = teacher
         self.teacher_normalize = getattr(teacher, "normalize", IMAGENET_NORMALIZE)
+        self.student_channels = conv_in_channels(backbone) or 3
+        self.teacher_channels = conv_in_channels(teacher) or 3
+        if self.teacher_channels not in (3, self.student_channels):
+            raise ValueError(
+                f"the teacher takes {self.teacher_channels} input channels and the student "
+                f"{self.student_channels}: pass an RGB teacher (it then sees the bands' mean as a gray image) or "
+                f"one built for {self.student_channels} channels")
         for param in self.teacher.parameters():
             param.requires_grad = False
         self.teacher.eval()
@@ -172,7 +207,8 @@ class Distillation(Method):
             try:
                 param = next(net.parameters(), None)
                 device = param.device if param is not None else torch.device("cpu")
-                maps[role] = features_and_map(net, torch.zeros(2, 3, size, size, device=device))[1]
+                channels = self.student_channels if role == "student" else self.teacher_channels
+                maps[role] = features_and_map(net, torch.zeros(2, channels, size, size, device=device))[1]
             finally:
                 net.train(was_training)
             if maps[role] is None:
@@ -190,7 +226,10 @@ class Distillation(Method):
         return self
 
     def _teacher_input(self, x: Tensor) -> Tensor:
-        x = _renormalize(x, self.normalize, self.teacher_normalize)
+        source = self.normalize
+        if x.shape[1] != self.teacher_channels:  # N-band views, RGB teacher: see the module docstring
+            x, source = gray_for_teacher(x, self.normalize)
+        x = _renormalize(x, source, self.teacher_normalize)
         if self.teacher_image_size and x.shape[-1] != self.teacher_image_size:
             x = F.interpolate(x, size=self.teacher_image_size, mode="bilinear", align_corners=False)
         return x
