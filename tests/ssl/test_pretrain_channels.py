@@ -205,6 +205,26 @@ def test_an_rgb_teacher_distils_into_a_one_channel_student(gray16: Path, tmp_pat
     assert spatial.spatial_head.in_channels == 512 and 0.0 <= float(spatial.training_loss([views])) <= 2.0
 
 
+def test_what_an_rgb_teacher_sees_does_not_depend_on_the_stored_intensity_range() -> None:
+    # A 16-bit scan that uses a fifth of its range (values 0.1..0.3 after uint16 / 65535) and the same scan at full
+    # range give the teacher the same input: the views are standardised with each data set's own statistics.
+    # (Feeding the raw intensities instead would hand the teacher a dim, low-contrast image: see
+    # benchmarks/gray_teacher.py.)
+    from warmstart.core.ssl import get_method
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    student = build_backbone("torchvision/resnet18", image_size=16, channels=1)
+    method = get_method("distillation", student, 16, teacher=teacher)
+    full = torch.rand(64, 1, 16, 16)
+    inputs = []
+    for data in (full, 0.1 + 0.2 * full):
+        stats = channel_stats(list(data))
+        inputs.append(method._teacher_input((data - stats["mean"][0]) / stats["std"][0]))
+    assert inputs[0].shape == (64, 3, 16, 16) and torch.allclose(inputs[0], inputs[1], atol=1e-4)
+    assert not torch.allclose(inputs[0], method._teacher_input(full), atol=1e-2)  # raw values would differ
+
+
 def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -> None:
     mixed = tmp_path / "mixed"
     mixed.mkdir()
