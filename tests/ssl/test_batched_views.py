@@ -277,5 +277,31 @@ def test_channel_intensity_jitter_scales_every_band_of_an_image_by_one_factor() 
     assert torch.allclose(factor, factor[:, :1, :1, :1].expand_as(factor), rtol=1e-4)  # one factor per image
     per_image = factor[:, 0, 0, 0]
     assert per_image.min() >= 0.6 - 1e-6 and per_image.max() <= 1.4 + 1e-6 and per_image.std() > 0.1
+    # contrast alone: every band moves towards its own mean by one factor per image, the same for all bands
+    contrast = spec.with_(cj_bright=0.0, cj_contrast=0.4)
+    views = BatchedViews([contrast], None, seed=0, channels=5)(images, torch.arange(16), epoch=0)[0]
+    x_c = images - images.mean((-2, -1), keepdim=True)
+    v_c = views - views.mean((-2, -1), keepdim=True)
+    factor = (v_c * x_c).sum((-2, -1)) / (x_c * x_c).sum((-2, -1))  # per image and band, least squares
+    assert torch.allclose(v_c, factor[..., None, None] * x_c, atol=1e-4)  # a pure scaling around the band mean
+    assert torch.allclose(factor, factor[:, :1].expand_as(factor), atol=1e-5) and factor[:, 0].std() > 0.1
     with pytest.raises(ValueError, match=r"\(B, 5, H, W\)"):
         BatchedViews([spec], None, channels=5)(images[:, :3], torch.arange(16), epoch=0)
+
+
+def test_ssl_module_takes_the_channel_count_the_backbone_declares() -> None:
+    from warmstart.core.backbones import build_backbone
+    from warmstart.pretraining.ssl_module import SSLModule
+
+    one = build_backbone("torchvision/resnet18", image_size=SIZE, channels=1)
+    with pytest.raises(ValueError, match="3 mean value"):  # ImageNet's RGB statistics on a 1-channel backbone
+        SSLModule("simclr", backbone=one, image_size=SIZE, views="batched")
+    one.info["normalize"] = {"mean": [0.5], "std": [0.2]}  # what pretrain(channels=1) computes from the data
+    module = SSLModule("simclr", backbone=one, image_size=SIZE, views="batched")
+    assert module.batched_views.channels == 1  # not left RGB: float batches would skip the views silently
+    views = module.batched_views_of([torch.rand(4, 1, SIZE, SIZE), torch.arange(4)])
+    assert len(views) == 2 and views[0].shape == (4, 1, SIZE, SIZE)
+    assert SSLModule("simclr", backbone=one, image_size=SIZE, views="batched", channels=3).channels == 1
+    assert SSLModule("simclr", backbone=tiny_cnn(), image_size=SIZE, views="batched", channels=3).channels is None
+    with pytest.raises(ValueError, match="built for 1 input channel"):
+        SSLModule("simclr", backbone=one, image_size=SIZE, views="batched", channels=4)

@@ -205,6 +205,31 @@ def test_an_rgb_teacher_distils_into_a_one_channel_student(gray16: Path, tmp_pat
     assert spatial.spatial_head.in_channels == 512 and 0.0 <= float(spatial.training_loss([views])) <= 2.0
 
 
+def test_teacher_channels_come_from_what_the_backbone_declares(gray16: Path, tmp_path: Path) -> None:
+    from warmstart.core.ssl import get_method
+
+    # A stem that starts with space-to-depth (timm's TResNet does): its first conv takes 12 inputs from a 3-channel
+    # image. It is an RGB teacher, and spatial distillation builds its dummy maps from 3-channel input.
+    torch.manual_seed(0)
+    s2d = build_backbone(nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 8, 3, padding=1), nn.ReLU(),
+                                       nn.AdaptiveAvgPool2d(1), nn.Flatten()), image_size=32)
+    rgb_student = build_backbone("torchvision/resnet18", image_size=32)
+    for features in ("pooled", "spatial"):
+        method = get_method("distillation", rgb_student, 32, teacher=s2d, features=features)
+        assert 0.0 <= float(method.training_loss([torch.randn(4, 3, 32, 32)])) <= 2.0
+
+    # A teacher built for the student's 1 channel gets the student's views as they are (its ImageNet RGB statistics
+    # have 3 values and cannot apply), in a real run that trains to the end.
+    one = build_backbone("torchvision/resnet18", image_size=32, channels=1)
+    method = get_method("distillation", build_backbone("torchvision/resnet18", image_size=32, channels=1), 32,
+                        teacher=one)
+    views = torch.randn(2, 1, 32, 32)
+    assert torch.equal(method._teacher_input(views), views)
+    summary = pretrain(tmp_path / "run", gray16, "torchvision/resnet18", method="distillation", teacher=one,
+                       channels=1, **RUN)
+    assert summary["status"] == "completed" and summary["steps"] == 3
+
+
 def test_what_an_rgb_teacher_sees_does_not_depend_on_the_stored_intensity_range() -> None:
     # A 16-bit scan that uses a fifth of its range (values 0.1..0.3 after uint16 / 65535) and the same scan at full
     # range give the teacher the same input: the views are standardised with each data set's own statistics.
@@ -240,7 +265,11 @@ def test_bad_channel_input_fails_before_training(gray16: Path, tmp_path: Path) -
         (dict(data=gray16, model="torchvision/resnet18", channels=4), r"24 of 24 images do not have channels=4"),
         (dict(data=gray16, model=nn.Sequential(nn.Flatten(), nn.LazyLinear(8)), channels=1), "no Conv2d stem"),
         (dict(data=gray16, model="torchvision/resnet18", channels=1, views="pil", cache="ram"),
-         "cache='ram' with views='pil'"),
+         r"cache='ram' needs batched views.*\(views='pil'"),
+        (dict(data=gray16, model="torchvision/resnet18", channels=1, cache="ram", transform=lambda im: [im]),
+         r"cache='ram' needs batched views.*custom transform="),
+        (dict(data=gray16, model="torchvision/resnet18", channels=1, precision="bf16-true"),
+         r"precision='bf16-true'.*11 bits"),
         (dict(data=gray16, model="torchvision/resnet18", channels=1, method="distillation",
               teacher=build_backbone("torchvision/resnet18", image_size=32, channels=2)),
          "the teacher takes 2 input channels and the student 1"),

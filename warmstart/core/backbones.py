@@ -275,6 +275,19 @@ def _is_ultralytics_model(module: nn.Module) -> bool:
                                                                              nn.Sequential)
 
 
+def declared_channels(net: nn.Module) -> int:
+    """The image channels ``net`` takes: a Backbone's ``in_channels`` (N when built with ``channels=N``), else 3.
+
+    Not the first conv's input count: some stems start with a space-to-depth step (timm's TResNet), so that conv
+    sees 12 or 48 channels of a 3-channel image.
+
+    Example:
+        >>> declared_channels(build_backbone("torchvision/resnet18", channels=1)), declared_channels(nn.Identity())
+        (1, 3)
+    """
+    return int(net.in_channels) if isinstance(net, Backbone) else 3
+
+
 def _is_hf(module: nn.Module) -> bool:
     return any(c.__name__ == "PreTrainedModel" for c in type(module).__mro__)
 

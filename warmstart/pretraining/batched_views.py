@@ -165,6 +165,11 @@ class BatchedViews:
             raise ValueError("BatchedViews needs at least one ViewSpec (the method's view_specs)")
         self.specs, self.normalize, self.seed = list(specs), normalize, int(seed)
         self.channels = None if channels is None else int(channels)
+        expected = self.channels or 3
+        if normalize is not None and len(normalize.get("mean", ())) != expected:
+            # torch would broadcast 3 means over a 1-channel batch and return 3-channel views without a word
+            raise ValueError(f"normalize has {len(normalize.get('mean', ()))} mean value(s) for {expected}-channel "
+                             "images; use one per channel (warmstart.core.channels.channel_stats computes them)")
 
     def __call__(self, images: Tensor, indices: Tensor | Sequence[int], epoch: int) -> list[Tensor]:
         """The views ``[(B, C, size, size), ...]`` of ``images`` ((B, 3, H, W) uint8 or float in [0, 1]; with

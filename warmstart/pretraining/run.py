@@ -178,8 +178,9 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     if views == "batched" and transform is not None:
         raise ValueError("views='batched' makes the method's own views on the device; a custom transform= is a "
                          "per-image PIL transform: pass views='pil' (or 'auto') with it")
+    asked_views = views
     views = _resolve_views(views, transform)
-    channels = _check_channel_options(channels, views, cache)
+    channels = _check_channel_options(channels, views, cache, precision, why_pil=_why_pil(asked_views, transform))
     if channels is not None and views == "pil":  # per-image float views stream from disk (cache="ram" refused)
         cache = "off"
     resolve_num_workers(num_workers)  # a bad value fails now ("auto" is resolved per device by the data module)
@@ -433,8 +434,19 @@ def _build(spec: str | nn.Module, image_size: int, what: str, channels: int | No
     return build_backbone(spec, image_size=image_size)
 
 
-def _check_channel_options(channels: Any, views: str, cache: str) -> int | None:
-    """``channels`` as an int, or None for RGB (None or 3); options that cannot work with it fail here."""
+# Lightning casts floating-point batches to these dtypes before training_step, i.e. before the batched views
+# standardise them: a 16-bit scan would be cut to a half float's 11 bits (RGB batches are uint8 and stay exact).
+HALF_INPUT_PRECISIONS = ("16-true", "bf16-true")
+
+
+def _check_channel_options(channels: Any, views: str, cache: str, precision: Any = "32-true",
+                           why_pil: str = "views='pil'") -> int | None:
+    """``channels`` as an int, or None for RGB (None or 3); options that cannot work with it fail here.
+
+    Example:
+        >>> _check_channel_options(3, "batched", "auto"), _check_channel_options(1, "batched", "ram")
+        (None, 1)
+    """
     if channels is None:
         return None
     from ..core.channels import _check_channels
@@ -442,10 +454,22 @@ def _check_channel_options(channels: Any, views: str, cache: str) -> int | None:
     if _check_channels(channels) == 3:
         return None
     if cache == "ram" and views == "pil":
-        raise ValueError(f"channels={channels} does not work with cache='ram' with views='pil' (per-image views "
-                         "read the uncropped files from disk); use views='auto' (batched views cache float32 "
-                         "images), or cache='auto'/'off'")
+        raise ValueError(f"channels={channels} with cache='ram' needs batched views (the cache keeps their resized "
+                         f"float32 images), but the views are per image here ({why_pil}: they read the uncropped "
+                         "files from disk); use batched views or cache='auto'/'off'")
+    if views == "batched" and str(precision) in HALF_INPUT_PRECISIONS:
+        raise ValueError(f"channels={channels} with batched views and precision={precision!r}: Lightning casts "
+                         "float image batches to half precision before the views are made, which cuts 16-bit and "
+                         "float images to 11 bits; use precision='16-mixed' or 'bf16-mixed' (autocast), or "
+                         "views='pil' (views standardised in the loader before the cast)")
     return int(channels)
+
+
+def _why_pil(asked: str, transform: Callable | None) -> str:
+    """Why views resolved to per-image ones, in the words of the option that decided it."""
+    if asked == "pil":
+        return "views='pil'"
+    return "a custom transform= makes per-image views" if transform is not None else "kornia is not installed"
 
 
 def _data_normalize(backbone: nn.Module, dataset: Any) -> None:

@@ -28,7 +28,9 @@ class SSLModule(L.LightningModule):
     (or SGD) over the method's trainable parameters, no weight decay on biases and norms, and a per-step
     schedule: linear warmup over ``warmup_fraction`` of the run, then cosine decay to 0. Momentum teachers are
     updated after every optimizer step. Each epoch reseeds the augmentation RNG from ``(seed, epoch, rank)`` so a
-    resumed run draws the same augmentations as an uninterrupted one.
+    resumed run draws the same augmentations as an uninterrupted one. ``views="batched"`` makes the views of
+    ``[images, indices]`` batches on the device; for a backbone built with ``channels=N`` (or with ``channels=N``
+    given here) the images are float32 N-band tensors and the views intensity-only.
 
     Example:
         >>> from torch import nn
@@ -71,6 +73,7 @@ class SSLModule(L.LightningModule):
         self.weight_decay = float(weight_decay if weight_decay is not None else self.method.default_weight_decay)
         self.warmup_fraction, self.optimizer_name, self.seed = warmup_fraction, optimizer, seed
         self.views = views
+        self.channels = _channels_of(self.method.backbone, channels)
         self.batched_views = None
         if views == "batched":
             if not self.method.view_specs:
@@ -79,7 +82,7 @@ class SSLModule(L.LightningModule):
             from .batched_views import BatchedViews
 
             self.batched_views = BatchedViews(self.method.view_specs, self.method.normalize, seed or 0,
-                                              channels=channels)
+                                              channels=self.channels)
 
     @property
     def backbone(self) -> nn.Module:
@@ -187,6 +190,18 @@ def fused_kernels_fit(params: Sequence[Tensor]) -> bool:
     return bool(params) and "cpu" in supported and all(
         p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
         for p in params)
+
+
+def _channels_of(backbone: nn.Module, channels: int | None) -> int | None:
+    """The non-RGB channel count of the batched views (None: RGB): ``channels``, else what the backbone declares."""
+    from ..core.backbones import declared_channels
+
+    declared = declared_channels(backbone)
+    if channels in (None, 3):
+        return None if declared == 3 else declared
+    if declared != 3 and declared != int(channels):
+        raise ValueError(f"channels={channels}, but the backbone was built for {declared} input channel(s)")
+    return int(channels)
 
 
 def _is_image_batch(batch: Any, float_images: bool = False) -> bool:

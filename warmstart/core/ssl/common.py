@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import IMAGENET_NORMALIZE
-from ..channels import conv_in_channels
 
 # At or below this side length an image is "small" (CIFAR-like): the 224 px recipes' strong crops, blur and
 # solarization destroy most of the signal in a 32 px image, so the methods switch to milder defaults.
@@ -57,8 +56,7 @@ def feature_dim_of(module: nn.Module, image_size: int = 64) -> int:
     module.eval()
     try:
         with torch.no_grad():
-            channels = conv_in_channels(module) or 3  # channels=N backbones take N-band input
-            out = module(torch.zeros(2, channels, image_size, image_size, device=_device_of(module)))
+            out = module(torch.zeros(2, 3, image_size, image_size, device=_device_of(module)))
     finally:
         module.train(was_training)
     if not isinstance(out, Tensor) or out.ndim != 2:

@@ -7,10 +7,14 @@ loss, so that part is written here.
 Non-RGB students (``channels=N``: X-ray, depth, multi-band) with an RGB teacher: the teacher sees one gray image
 per view, the mean over the bands of the student's view, in each of its three inputs (:func:`gray_for_teacher`).
 That is exactly what the teacher's first conv would compute with its filters averaged over R, G, B and spread over
-N inputs (``warmstart.core.channels.adapt_first_conv``), without touching the teacher. The student's views are
-standardised per band with the data's own statistics, so the gray image is placed at ImageNet's average pixel
-mean and spread (``GRAY_PIXELS``): an X-ray's narrow 16-bit range reaches the teacher with the contrast of a
-photo, not as a near-constant gray. A teacher built for N inputs itself gets the views as they are.
+N inputs (``warmstart.core.channels.adapt_first_conv``), up to the small offsets between the teacher's per-channel
+normalisation constants, without touching the teacher. The student's views are standardised per band with the
+data's own statistics, so the gray image is placed at ImageNet's average pixel mean and spread (``GRAY_PIXELS``):
+an X-ray's narrow 16-bit range reaches the teacher with the contrast of a photo, not as a near-constant gray. A
+teacher built for N inputs itself gets the student's views, re-normalised only when it carries N-channel
+statistics of its own. The channel counts are the ones a :class:`~warmstart.core.backbones.Backbone` declares
+(``in_channels``); any other module counts as RGB (some stems start with a space-to-depth step, so the first
+conv's input count is not the image's).
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import IMAGENET_NORMALIZE
-from ..channels import conv_in_channels
+from ..backbones import IMAGENET_NORMALIZE, declared_channels
 from .common import Method, feature_dim_of, resolve
 from .views import SIMCLR_JITTER, jitter_view, pil_views
 
@@ -48,6 +51,12 @@ def gray_for_teacher(views: Tensor, normalize: dict | None) -> tuple[Tensor, dic
     """
     gray = views.mean(1, keepdim=True).expand(-1, 3, -1, -1)
     return gray, (GRAY_PIXELS if normalize is not None else None)
+
+
+
+def _stats_for(channels: int, normalize: dict | None) -> bool:
+    """Whether ``normalize`` holds one mean/std per channel of a ``channels``-channel input."""
+    return normalize is not None and len(normalize.get("mean", ())) == channels
 
 
 def _is_global_pool(module: nn.Module) -> bool:
@@ -165,8 +174,8 @@ class Distillation(Method):
         self.teacher_image_size = teacher_image_size
         self.teacher = teacher
         self.teacher_normalize = getattr(teacher, "normalize", IMAGENET_NORMALIZE)
-        self.student_channels = conv_in_channels(backbone) or 3
-        self.teacher_channels = conv_in_channels(teacher) or 3
+        self.student_channels = declared_channels(backbone)
+        self.teacher_channels = declared_channels(teacher)
         if self.teacher_channels not in (3, self.student_channels):
             raise ValueError(
                 f"the teacher takes {self.teacher_channels} input channels and the student "
@@ -226,10 +235,12 @@ class Distillation(Method):
         return self
 
     def _teacher_input(self, x: Tensor) -> Tensor:
-        source = self.normalize
+        source, target = self.normalize, self.teacher_normalize
         if x.shape[1] != self.teacher_channels:  # N-band views, RGB teacher: see the module docstring
             x, source = gray_for_teacher(x, self.normalize)
-        x = _renormalize(x, source, self.teacher_normalize)
+        elif self.teacher_channels != 3 and not (_stats_for(x.shape[1], source) and _stats_for(x.shape[1], target)):
+            source = target = None  # an N-channel teacher without N-channel statistics: the views as they are
+        x = _renormalize(x, source, target)
         if self.teacher_image_size and x.shape[-1] != self.teacher_image_size:
             x = F.interpolate(x, size=self.teacher_image_size, mode="bilinear", align_corners=False)
         return x
