@@ -181,8 +181,6 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     asked_views = views
     views = _resolve_views(views, transform)
     channels = _check_channel_options(channels, views, cache, precision, why_pil=_why_pil(asked_views, transform))
-    if channels is not None and views == "pil":  # per-image float views stream from disk (cache="ram" refused)
-        cache = "off"
     resolve_num_workers(num_workers)  # a bad value fails now ("auto" is resolved per device by the data module)
     checkpoint = out / "checkpoints" / "last.ckpt"
     if not launched_child:
@@ -282,7 +280,9 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
         run_checkpoint.mid_epoch = trainer.world_size == 1
         # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
-        if channels is not None and views == "pil":  # uncropped full-precision images: streamed from disk
+        # Per-image channel views read the uncropped files at full precision: they stream from disk (the one place
+        # this is decided; cache="ram" was refused above), plan_cache keeps this decision.
+        if channels is not None and views == "pil":
             datamodule.cache_info = {"mode": "off", "reason": "channels with views='pil': images stream from disk"}
         datamodule.plan_cache(local_processes=trainer.num_devices)
         # ---- train ----------------------------------------------------------------------------------------------

@@ -53,7 +53,6 @@ def gray_for_teacher(views: Tensor, normalize: dict | None) -> tuple[Tensor, dic
     return gray, (GRAY_PIXELS if normalize is not None else None)
 
 
-
 def _stats_for(channels: int, normalize: dict | None) -> bool:
     """Whether ``normalize`` holds one mean/std per channel of a ``channels``-channel input."""
     return normalize is not None and len(normalize.get("mean", ())) == channels
