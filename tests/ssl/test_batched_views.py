@@ -31,9 +31,11 @@ def _pil_draws(spec: ViewSpec, image: Image.Image, n: int = N) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _batched_draws(spec: ViewSpec, image: Image.Image, n: int = N) -> torch.Tensor:
-    batch = LoadResized(SIZE)(image)[None].expand(n, -1, -1, -1)
-    return BatchedViews([spec], None, seed=1)(batch, torch.arange(n), epoch=0)[0]
+def _batched_draws(spec: ViewSpec, image: Image.Image, n: int = N, frames: bool = True) -> torch.Tensor:
+    item = LoadResized(SIZE)(image)
+    batch = item.image[None].expand(n, -1, -1, -1)
+    shapes = item.shape.expand(n, 2) if frames else None
+    return BatchedViews([spec], None, seed=1)(batch, torch.arange(n), epoch=0, shapes=shapes)[0]
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, what: str, floor: float) -> None:
@@ -67,6 +69,40 @@ def test_crop_scale_matches_the_pil_path() -> None:
     assert 0.3 < batched.mean() < 0.8 and batched.min() >= 0.15  # min_scale=0.2 (minus a pixel of rounding)
     _close(pil, batched, "area kept", floor=0.02)
     _close(pil.square(), batched.square(), "area kept, 2nd moment", floor=0.02)  # the spread, not only the mean
+
+
+def _wide_marker() -> Image.Image:
+    # 2:1 (64 x 32). Red encodes the column (4 per column), green the row (8 per row), as in _marker.
+    cols, rows = np.arange(2 * SIZE) * 4, np.arange(SIZE) * 8
+    rgb = np.stack([np.tile(cols, (SIZE, 1)), np.tile(rows[:, None], (1, 2 * SIZE)),
+                    np.full((SIZE, 2 * SIZE), 128)], -1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def _wide_crops(views: torch.Tensor) -> dict[str, torch.Tensor]:
+    # What part of the 64 x 32 image a view kept: its centre column and the kept width / height in image pixels.
+    red, green = views[:, 0] * 255, views[:, 1] * 255
+    width = (red.amax((1, 2)) - red.amin((1, 2))) / 4 + 1
+    height = (green.amax((1, 2)) - green.amin((1, 2))) / 8 + 1
+    centre = (red.amax((1, 2)) + red.amin((1, 2))) / 8
+    return {"centre column": centre, "width": width, "height": height, "aspect": width / height}
+
+
+def test_crops_of_a_non_square_image_see_all_of_it_like_the_pil_path() -> None:
+    # The PIL path crops the decoded 2:1 file; the batched path squeezes it into the square and draws the crops
+    # in the 2:1 frame. Same part of the image, same spread, same aspect; a centre square instead (the frames
+    # left out) would never reach the left and right quarters.
+    spec = get_method("simclr", tiny_cnn(), SIZE).view_specs[0].with_(cj_prob=0.0, gray_prob=0.0, hf_prob=0.0)
+    assert LoadResized(SIZE)(_wide_marker()).shape.tolist() == [SIZE, 2 * SIZE]
+    pil, batched = _wide_crops(_pil_draws(spec, _wide_marker())), _wide_crops(_batched_draws(spec, _wide_marker()))
+    for key in pil:
+        _close(pil[key], batched[key], key, floor=0.03 * float(pil[key].mean()))
+        second = float(pil[key].square().mean())
+        _close(pil[key].square(), batched[key].square(), f"{key}, 2nd moment", floor=0.06 * second)
+    assert batched["centre column"].min() < 12 and batched["centre column"].max() > 52  # reaches both sides
+    squeezed = _wide_crops(_batched_draws(spec, _wide_marker(), frames=False))
+    with pytest.raises(AssertionError):  # crops drawn in the square: wrong aspect (the mapping is what matters)
+        _close(pil["aspect"], squeezed["aspect"], "aspect", floor=0.03 * float(pil["aspect"].mean()))
 
 
 def _photo() -> Image.Image:
@@ -228,8 +264,10 @@ def _bands() -> torch.Tensor:
 
 def _channel_draws(spec: ViewSpec, image: torch.Tensor, batched: bool, n: int = N) -> torch.Tensor:
     if batched:
-        batch = LoadResizedChannels(SIZE, image.shape[0])(image)[None].expand(n, -1, -1, -1)
-        return BatchedViews([spec], None, seed=1, channels=image.shape[0])(batch, torch.arange(n), epoch=0)[0]
+        item = LoadResizedChannels(SIZE, image.shape[0])(image)
+        batch = item.image[None].expand(n, -1, -1, -1)
+        return BatchedViews([spec], None, seed=1, channels=image.shape[0])(batch, torch.arange(n), epoch=0,
+                                                                             shapes=item.shape.expand(n, 2))[0]
     view = channel_view(spec, None)
     out = []
     for i in range(n):  # seeded like SeededViews (the channel path draws from torch's global RNG only)

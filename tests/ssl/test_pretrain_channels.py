@@ -67,9 +67,10 @@ def test_one_channel_16_bit_pngs_on_a_torchvision_resnet(gray16: Path, tmp_path:
     summary = pretrain(out, gray16, backbone, method="simclr", channels=1, **RUN)
 
     assert summary["status"] == "completed" and summary["steps"] == 3 and summary["channels"] == 1
-    # the default path: views made on the device in batches from float32 images cached in RAM (1 x 32 x 32 each)
+    # the default path: views made on the device in batches from float32 images cached in RAM (1 x 32 x 32 each,
+    # plus the 16-byte crop frame)
     assert summary["views"] == "batched" and summary["cache"]["mode"] == "ram"
-    assert summary["cache"]["bytes"] == 24 * 4 * 1 * 32 * 32
+    assert summary["cache"]["bytes"] == 24 * (4 * 1 * 32 * 32 + 16)
     expected = channel_stats(UnlabeledImages(gray16, channels=1, progress=False))
     assert summary["normalize"] == expected and len(expected["mean"]) == 1
     assert 0.05 < expected["mean"][0] < 0.95  # 16-bit values scaled by 65535, not clipped at 255

@@ -99,3 +99,39 @@ def test_data_wait_fraction_in_summary_and_metrics(data: Path, tmp_path: Path) -
         rows = [r for r in csv.DictReader(f) if r.get("data_wait_fraction")]
     assert len(rows) == 2  # one per epoch
     assert all(0.0 <= float(r["data_wait_fraction"]) <= 1.0 and float(r["images_per_s"]) > 0 for r in rows)
+
+
+def test_wide_images_keep_their_crop_frame_through_the_cache(tmp_path: Path, monkeypatch) -> None:
+    # 48 x 32 photos: the cache keeps each image's 3:2 crop frame next to its squeezed pixels, so a cached run
+    # crops exactly as a streamed one (a cache that dropped the frames would crop the square and train otherwise).
+    import numpy as np
+    from PIL import Image
+
+    from warmstart.pretraining.batched_views import BatchedViews, LoadResized
+    from warmstart.pretraining.image_cache import CachedImages
+
+    frames: list = []
+    make_views = BatchedViews.__call__
+
+    def recording(self, images, indices, epoch, shapes=None):
+        frames.append(None if shapes is None else shapes.tolist())
+        return make_views(self, images, indices, epoch, shapes=shapes)
+
+    monkeypatch.setattr(BatchedViews, "__call__", recording)
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        pixels = np.repeat(np.repeat(rng.integers(0, 256, (4, 6, 3)), 8, 0), 8, 1).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+    cached_items = CachedImages(core_data.UnlabeledImages(folder, progress=False), LoadResized(32), progress=False)
+    assert cached_items[0].shape.tolist() == [32, 48] and tuple(cached_items[0].image.shape) == (3, 32, 32)
+    runs = {}
+    for cache in ("ram", "off"):
+        summary = pretrain(tmp_path / cache, folder, _cnn(), epochs=2, cache=cache, views="batched", **RUN)
+        assert summary["cache"]["mode"] == cache
+        assert len(frames) == 4 and all(f == [[32, 48]] * 8 for f in frames), frames  # 2 epochs x 2 batches of 8
+        frames.clear()
+        runs[cache] = load_file(summary["exported"]["safetensors"])
+    assert all(torch.equal(runs["ram"][k], runs["off"][k]) for k in runs["ram"])

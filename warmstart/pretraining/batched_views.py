@@ -1,19 +1,26 @@
 """SSL views made on the training device, a batch at a time, with random parameters drawn per image.
 
-The DataLoader only decodes and resizes (:class:`LoadResized`: uint8 ``(3, S, S)``); :class:`BatchedViews` turns a
-batch of those into a method's views on whatever device the batch is on, following the same
-:class:`~warmstart.core.ssl.views.ViewSpec` list as the PIL path (crop, flips, rotation, colour jitter, grayscale,
-blur, solarization, noise, then the backbone's normalization). Pure torch + kornia.
+The DataLoader only decodes and resizes (:class:`LoadResized`: the whole image as uint8 ``(3, S, S)`` plus the shape
+its crops are drawn on); :class:`BatchedViews` turns a batch of those into a method's views on whatever device the
+batch is on, following the same :class:`~warmstart.core.ssl.views.ViewSpec` list as the PIL path (crop, flips,
+rotation, colour jitter, grayscale, blur, solarization, noise, then the backbone's normalization). Pure torch +
+kornia.
 
 Why parameters are drawn here and not by ``kornia.augmentation``: kornia's modules sample from torch's global RNG
 for the whole batch at once, so an image's views would depend on its batch neighbours and on the global RNG state.
-Here every image draws one fixed-size block of uniforms from its own ``torch.Generator`` seeded from
-``(seed, epoch, index)`` (the same seed :class:`~warmstart.pretraining.ssl_data.SeededViews` uses), and the block
-is mapped to parameters vectorised over the batch. The views of an image then depend on nothing else, so a run
-killed mid-epoch resumes to bit-identical weights, and the global RNG is never touched. The image operations are
-kornia's kernels (``crop_and_resize``, ``rotate``, ``gaussian_blur2d``), the same ones ``kornia.augmentation``
-calls; brightness, contrast, saturation and hue use torchvision's formulas (hue in a closed form, ``shift_hue``)
-so the statistics match the PIL path's ``ColorJitter``.
+Here every image draws one fixed-size block of uniforms from its own ``torch.Generator`` seeded from ``(seed, epoch,
+index)`` (the same seed :class:`~warmstart.pretraining.ssl_data.SeededViews` uses), and the block is mapped to
+parameters vectorised over the batch. The views of an image then depend on nothing else, so a run killed mid-epoch
+resumes to bit-identical weights, and the global RNG is never touched. The image operations are kornia's kernels
+(``crop_and_resize``, ``rotate``, ``gaussian_blur2d``), the same ones ``kornia.augmentation`` calls; brightness,
+contrast, saturation and hue use torchvision's formulas (hue in a closed form, ``shift_hue``) so the statistics
+match the PIL path's ``ColorJitter``.
+
+Non-square images: the loader squeezes the *whole* image into the ``S x S`` square and keeps the shape it would have
+with its shorter side at ``S`` (``Resized.shape``). Crops are drawn on that shape, as torchvision's
+RandomResizedCrop draws them on the decoded file in the PIL path, and mapped into the square: a view sees the same
+part of the image with the same aspect as a PIL view would (a centre square would never show the sides of a wide
+photo). The price is resolution along the longer side (stored at ``S`` pixels instead of ``S * aspect``).
 
 Non-RGB images (``channels=N``: X-ray, depth, multi-band satellite data) take the same path with float
 ``(N, S, S)`` tensors (:class:`LoadResizedChannels`) and ``BatchedViews(..., channels=N)``, which makes what the
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,6 +49,7 @@ _HFLIP, _VFLIP, _ROT, _ROT_ANGLE, _CJ, _B, _C, _S, _H = range(_CROP, _CROP + 9)
 _ORDER = _CROP + 9  # 4 uniforms whose argsort is ColorJitter's random order of its 4 operations
 _GRAY, _BLUR, _SIGMA, _SOLAR, _NOISE = range(_ORDER + 4, _ORDER + 9)
 DRAWS_PER_VIEW = _ORDER + 9
+SHAPE_BYTES = 16  # Resized.shape: two int64
 
 
 def image_seed(seed: int, epoch: int, index: int) -> int:
@@ -69,71 +78,90 @@ def draw_uniforms(seed: int, epoch: int, indices: Sequence[int], n_views: int) -
     return out
 
 
-class LoadResized:
-    """The loader side of the batched path: PIL image -> uint8 tensor ``(3, size, size)``.
+class Resized(NamedTuple):
+    """One image as the batched path's loader step gives it (and the RAM cache keeps it).
 
-    The shorter side is resized to ``size`` (PIL, antialiased) and the centre square kept, so every image of a
-    batch has one shape and the crops are drawn on the device. Cheap: no float conversion, no augmentation.
+    ``image``: the whole image resized to ``(C, S, S)`` (squeezed along its longer side); ``shape``: int64
+    ``(height, width)`` of the image resized with its shorter side to ``S`` and its aspect kept, the frame the
+    crops are drawn in (``(S, S)`` for a square image).
+    """
+
+    image: Tensor
+    shape: Tensor
+
+
+def _virtual_shape(height: int, width: int, size: int) -> Tensor:
+    # The shorter side at ``size``, the aspect kept (what a shorter-side resize gives), as int64 (height, width).
+    scale = size / min(height, width)
+    return torch.tensor([max(size, round(height * scale)), max(size, round(width * scale))], dtype=torch.int64)
+
+
+class LoadResized:
+    """The loader side of the batched path: PIL image -> :class:`Resized` (uint8 ``(3, size, size)`` + shape).
+
+    The whole image is resized to ``size x size`` (PIL, antialiased), so every image of a batch has one shape,
+    nothing of a non-square image is cut away, and the crops are drawn on the device in the image's own aspect
+    (``Resized.shape``). Cheap: no float conversion, no augmentation.
 
     Example:
         >>> from PIL import Image
-        >>> t = LoadResized(8)(Image.new("RGB", (32, 16), (255, 0, 0)))
-        >>> t.shape, t.dtype, int(t[0].min())
-        (torch.Size([3, 8, 8]), torch.uint8, 255)
+        >>> out = LoadResized(8)(Image.new("RGB", (32, 16), (255, 0, 0)))
+        >>> out.image.shape, out.image.dtype, int(out.image[0].min()), out.shape.tolist()
+        (torch.Size([3, 8, 8]), torch.uint8, 255, [8, 16])
     """
 
     def __init__(self, size: int) -> None:
         self.size = int(size)
 
-    def __call__(self, image) -> Tensor:
+    def __call__(self, image) -> Resized:
         from PIL import Image
 
         image = image.convert("RGB")
         w, h = image.size
-        scale = self.size / min(w, h)
-        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        if (nw, nh) != (w, h):
-            image = image.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
-        return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3).permute(
-            2, 0, 1).contiguous()
+        if (w, h) != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.BILINEAR, reducing_gap=None)
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
+        return Resized(pixels.permute(2, 0, 1).contiguous(), _virtual_shape(h, w, self.size))
 
     @property
     def item_bytes(self) -> int:
-        """Bytes of one prepared image (what the RAM cache keeps per image)."""
-        return 3 * self.size * self.size
+        """Bytes of one prepared image (what the RAM cache keeps per image: pixels and shape)."""
+        return 3 * self.size * self.size + SHAPE_BYTES
 
     def __repr__(self) -> str:
         return f"LoadResized({self.size})"
 
 
 class LoadResizedChannels:
-    """The loader side of the batched path for ``channels=N``: float ``(N, H, W)`` -> float32 ``(N, size, size)``.
+    """The loader side of the batched path for ``channels=N``: float ``(N, H, W)`` -> :class:`Resized` (float32
+    ``(N, size, size)`` + shape).
 
-    Shorter side to ``size`` (bilinear, antialiased), centre square kept: the float counterpart of
+    The whole image resized to ``size x size`` (bilinear, antialiased): the float counterpart of
     :class:`LoadResized` (full precision is kept, so 16-bit data is not cut to 8 bits).
 
     Example:
-        >>> t = LoadResizedChannels(8, 4)(torch.full((4, 32, 16), 2.0))
-        >>> t.shape, t.dtype, float(t.max())
-        (torch.Size([4, 8, 8]), torch.float32, 2.0)
+        >>> out = LoadResizedChannels(8, 4)(torch.full((4, 32, 16), 2.0))
+        >>> out.image.shape, out.image.dtype, round(float(out.image.max()), 4), out.shape.tolist()
+        (torch.Size([4, 8, 8]), torch.float32, 2.0, [16, 8])
     """
 
     def __init__(self, size: int, channels: int) -> None:
         self.size, self.channels = int(size), int(channels)
 
-    def __call__(self, image: Tensor) -> Tensor:
-        from ..core.channels import resize_center_crop
-
+    def __call__(self, image: Tensor) -> Resized:
         if image.ndim != 3 or image.shape[0] != self.channels:
             raise ValueError(f"expected a ({self.channels}, H, W) tensor, got shape {tuple(image.shape)}")
-        return resize_center_crop(image.float(), self.size).contiguous()
+        h, w = image.shape[-2:]
+        x = image.float()
+        if (h, w) != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x[None], size=(self.size, self.size), mode="bilinear",
+                                                align_corners=False, antialias=True)[0]
+        return Resized(x.contiguous(), _virtual_shape(h, w, self.size))
 
     @property
     def item_bytes(self) -> int:
-        """Bytes of one prepared image (float32)."""
-        return 4 * self.channels * self.size * self.size
+        """Bytes of one prepared image (float32 pixels and the shape)."""
+        return 4 * self.channels * self.size * self.size + SHAPE_BYTES
 
     def __repr__(self) -> str:
         return f"LoadResizedChannels({self.size}, channels={self.channels})"
@@ -171,25 +199,30 @@ class BatchedViews:
             raise ValueError(f"normalize has {len(normalize.get('mean', ()))} mean value(s) for {expected}-channel "
                              "images; use one per channel (warmstart.core.channels.channel_stats computes them)")
 
-    def __call__(self, images: Tensor, indices: Tensor | Sequence[int], epoch: int) -> list[Tensor]:
+    def __call__(self, images: Tensor, indices: Tensor | Sequence[int], epoch: int,
+                 shapes: Tensor | None = None) -> list[Tensor]:
         """The views ``[(B, C, size, size), ...]`` of ``images`` ((B, 3, H, W) uint8 or float in [0, 1]; with
-        ``channels``, (B, channels, H, W) floats as stored)."""
+        ``channels``, (B, channels, H, W) floats as stored). ``shapes``: (B, 2) ``(height, width)`` each image's
+        crops are drawn in (``Resized.shape``: a squeezed non-square image); None: the stored size."""
         expected = 3 if self.channels is None else self.channels
         if images.ndim != 4 or images.shape[1] != expected:
             raise ValueError(f"BatchedViews expects images of shape (B, {expected}, H, W), got "
                              f"{tuple(images.shape)}")
+        if shapes is not None and tuple(shapes.shape) != (images.shape[0], 2):
+            raise ValueError(f"shapes must be (B, 2) = ({images.shape[0]}, 2), got {tuple(shapes.shape)}")
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         idx = indices.tolist() if isinstance(indices, Tensor) else list(indices)
         # Drawn on the CPU (a few hundred numbers per image) and moved once: device RNGs differ across hardware.
         u = draw_uniforms(self.seed, epoch, idx, len(self.specs)).to(x.device)
-        return [self.view(x, spec, u[:, v]) for v, spec in enumerate(self.specs)]
+        frame = None if shapes is None else shapes.cpu()
+        return [self.view(x, spec, u[:, v], frame) for v, spec in enumerate(self.specs)]
 
-    def view(self, x: Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
+    def view(self, x: Tensor, spec: ViewSpec, u: Tensor, shapes: Tensor | None = None) -> Tensor:
         """One view of images ``x`` (floats in [0, 1]; any range with ``channels``) from per-image uniforms ``u``
-        (B, DRAWS_PER_VIEW)."""
+        (B, DRAWS_PER_VIEW); ``shapes`` as in ``__call__``."""
         kornia = require("kornia", "ssl")
         rgb = self.channels is None
-        out = _resized_crop(x, spec, u, clip=rgb)
+        out = _resized_crop(x, spec, u, clip=rgb, shapes=shapes)
         out = torch.where((u[:, _HFLIP] < spec.hf_prob)[:, None, None, None], out.flip(-1), out)
         out = torch.where((u[:, _VFLIP] < spec.vf_prob)[:, None, None, None], out.flip(-2), out)
         if spec.rr_prob > 0:
@@ -218,51 +251,65 @@ class BatchedViews:
         return out
 
 
-def crop_boxes(height: int, width: int, spec: ViewSpec, u: Tensor) -> Tensor:
+def crop_boxes(height: int | Tensor, width: int | Tensor, spec: ViewSpec, u: Tensor) -> Tensor:
     """torchvision's RandomResizedCrop.get_params, vectorised: ``(B, 4)`` integer boxes ``(top, left, h, w)``.
+
+    ``height``/``width``: one size for the batch, or ``(B,)`` tensors (each image's own frame).
 
     Example:
         >>> spec = ViewSpec(size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0))
         >>> crop_boxes(10, 10, spec, torch.rand(2, DRAWS_PER_VIEW)).tolist()
         [[0, 0, 10, 10], [0, 0, 10, 10]]
+        >>> crop_boxes(torch.tensor([10, 10]), torch.tensor([10, 20]), spec, torch.rand(2, DRAWS_PER_VIEW))[1, 2:]
+        tensor([10, 10])
     """
     a = u[:, :_CROP].reshape(-1, CROP_ATTEMPTS, 4).double()
-    area = height * width
+    rows = torch.arange(a.shape[0], device=u.device)
+    height = torch.as_tensor(height, dtype=torch.double, device=u.device).expand(a.shape[0])
+    width = torch.as_tensor(width, dtype=torch.double, device=u.device).expand(a.shape[0])
     lo, hi = spec.scale
     log_lo, log_hi = math.log(spec.ratio[0]), math.log(spec.ratio[1])
-    target = area * (lo + (hi - lo) * a[..., 0])
+    target = (height * width)[:, None] * (lo + (hi - lo) * a[..., 0])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * a[..., 1])
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
     first = ok.double().argmax(1)  # the first attempt that fits, as torchvision takes it
-    rows = torch.arange(a.shape[0], device=u.device)
     w, h = w[rows, first], h[rows, first]
     top = torch.floor(a[rows, first, 2] * (height - h + 1))
     left = torch.floor(a[rows, first, 3] * (width - w + 1))
     # Fallback when no attempt fits: the centre crop clamped to the ratio range.
     in_ratio = width / height
-    if in_ratio < spec.ratio[0]:
-        fw, fh = width, round(width / spec.ratio[0])
-    elif in_ratio > spec.ratio[1]:
-        fw, fh = round(height * spec.ratio[1]), height
-    else:
-        fw, fh = width, height
-    any_ok = ok.any(1)
-    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], dtype=torch.double, device=u.device)
+    narrow, wide = in_ratio < spec.ratio[0], in_ratio > spec.ratio[1]
+    fw = torch.where(wide, torch.round(height * spec.ratio[1]), width)
+    fh = torch.where(narrow, torch.round(width / spec.ratio[0]), height)
+    fallback = torch.stack([torch.div(height - fh, 2, rounding_mode="floor"),
+                            torch.div(width - fw, 2, rounding_mode="floor"), fh, fw], 1)
     boxes = torch.stack([top, left, h, w], 1)
-    return torch.where(any_ok[:, None], boxes, fallback).long()
+    return torch.where(ok.any(1)[:, None], boxes, fallback).long()
 
 
-def _resized_crop(x: Tensor, spec: ViewSpec, u: Tensor, clip: bool = True) -> Tensor:
+def _resized_crop(x: Tensor, spec: ViewSpec, u: Tensor, clip: bool = True, shapes: Tensor | None = None) -> Tensor:
     kornia = require("kornia", "ssl")
+    stored_h, stored_w = x.shape[-2], x.shape[-1]
     # On the CPU in float64 like torchvision's Python floats (and MPS has no float64).
-    top, left, h, w = crop_boxes(x.shape[-2], x.shape[-1], spec, u.cpu()).to(x.device, x.dtype).unbind(1)
-    x0, y0, x1, y1 = left, top, left + w - 1, top + h - 1  # kornia boxes: pixel corners, inclusive
+    if shapes is None:
+        frame_h, frame_w = torch.tensor(float(stored_h)), torch.tensor(float(stored_w))
+    else:
+        frame_h, frame_w = shapes[:, 0].double(), shapes[:, 1].double()
+    top, left, h, w = crop_boxes(frame_h, frame_w, spec, u.cpu()).double().unbind(1)
+    # Pixel centres of the box in the frame, mapped into the stored (squeezed) image: index i of the frame is at
+    # (i + 0.5) * stored / frame - 0.5 there (the identity when the frame is the stored size).
+    sy, sx = stored_h / frame_h, stored_w / frame_w
+    x0, x1 = (left + 0.5) * sx - 0.5, (left + w - 0.5) * sx - 0.5
+    y0, y1 = (top + 0.5) * sy - 0.5, (top + h - 0.5) * sy - 0.5
+    x0, y0, x1, y1 = (c.to(x.device, x.dtype) for c in (x0, y0, x1, y1))  # kornia boxes: pixel corners, inclusive
     boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
                          torch.stack([x0, y1], 1)], 1)
+    # "border" (edge pixels repeated, as PIL's resampling clamps at the edge): a squeezed frame's edge pixel centres
+    # sit up to half a stored pixel outside the image, and bicubic reads a pixel past the edge; zeros would darken
     out = kornia.geometry.transform.crop_and_resize(x, boxes, (spec.size, spec.size), mode=spec.interpolation,
-                                                    align_corners=True)
+                                                    padding_mode="border", align_corners=True)
     return out.clamp_(0, 1) if clip else out  # bicubic overshoots; PIL clips to uint8 too (raw floats: kept)
 
 

@@ -8,8 +8,9 @@ worker receives one pickled copy when it starts.) Filling lazily inside workers 
 worker and keep N copies.
 
 What is kept is the loader's deterministic part only, at most its working size: for the PIL path the decoded RGB
-image (``load_rgb``), for ``views="batched"`` the ``LoadResized`` uint8 ``(3, S, S)`` tensor (with ``channels=N``, the
-``LoadResizedChannels`` float32 ``(N, S, S)`` tensor: full precision, 4 bytes per value). The random views are
+image (``load_rgb``), for ``views="batched"`` the ``LoadResized`` uint8 ``(3, S, S)`` tensor and the image's crop frame
+(with ``channels=N``, the ``LoadResizedChannels`` float32 ``(N, S, S)`` tensor: full precision, 4 bytes per value).
+The random views are
 still made from it every epoch with the same per-image seeds, so a cached run trains bit-identically to a streamed
 one.
 
@@ -35,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from .batched_views import Resized
 
 CACHE_MODES = ("auto", "ram", "off")
 DEFAULT_BUDGET_FRACTION = 0.25  # of the RAM available when the run starts
@@ -98,8 +101,8 @@ def estimate_bytes(dataset: Any, prepare: Callable | None) -> int:
             with Image.open(path) as img:  # header only
                 total += 3 * img.size[0] * img.size[1]
         return total
-    first = dataset[0]
-    return n * _as_array(prepare(first) if prepare is not None else first).nbytes
+    first = prepare(dataset[0]) if prepare is not None else dataset[0]
+    return n * _as_array(first.image if isinstance(first, Resized) else first).nbytes
 
 
 class _Square:
@@ -123,14 +126,15 @@ class CachedImages(Dataset):
         transform: applied to the cached item every time it is served (the PIL path's random views), or None.
         progress: show a progress bar while filling (from 500 images on).
 
-    PIL images come back as PIL images (``Image.fromarray``), tensors as tensors: the transform sees exactly what
-    it would see without the cache.
+    PIL images come back as PIL images (``Image.fromarray``), tensors as tensors, ``Resized`` items (pixels and
+    crop frame) as ``Resized``: the transform sees exactly what it would see without the cache.
     """
 
     def __init__(self, dataset: Any, prepare: Callable | None, transform: Callable | None = None,
                  progress: bool = True) -> None:
         self.dataset, self.prepare, self.transform = dataset, prepare, transform
         self.items: list[np.ndarray] = []
+        self.shapes: list[torch.Tensor] = []  # Resized items: each image's crop frame, kept next to its pixels
         self._tensor = False
         n = len(dataset)
         from tqdm.auto import tqdm
@@ -140,17 +144,22 @@ class CachedImages(Dataset):
             item = dataset[i]
             if prepare is not None:
                 item = prepare(item)
+            if isinstance(item, Resized):
+                self.shapes.append(item.shape.clone())
+                item = item.image
             self._tensor = isinstance(item, torch.Tensor)
             self.items.append(_as_array(item))
-        self.nbytes = int(sum(a.nbytes for a in self.items))
+        self.nbytes = int(sum(a.nbytes for a in self.items) + sum(s.numel() * 8 for s in self.shapes))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> Any:
         array = self.items[index]
-        if self._tensor:
-            item: Any = torch.from_numpy(array)  # shares the buffer; the batched path only reads it
+        if self.shapes:
+            item: Any = Resized(torch.from_numpy(array), self.shapes[index])  # shares the buffer: only read
+        elif self._tensor:
+            item = torch.from_numpy(array)  # shares the buffer; the batched path only reads it
         else:
             from PIL import Image
 

@@ -144,11 +144,13 @@ class SeededViews(Dataset):
 
 
 class IndexedImages(Dataset):
-    """The batched-views dataset: item ``(epoch, index)`` (or ``index``) -> ``(image, index)``.
+    """The batched-views dataset: item ``(epoch, index)`` (or ``index``) -> ``(image, index)``, or
+    ``(image, index, shape)`` for a :class:`~warmstart.pretraining.batched_views.Resized` item.
 
-    ``image`` is whatever the wrapped dataset's transform gives (``LoadResized``: uint8 ``(3, S, S)``); no random
-    number is drawn here. The index travels with the batch, so the views made on the device can seed each image
-    from ``(seed, epoch, index)`` (``BatchedViews``), as :class:`SeededViews` does for the PIL path.
+    ``image`` is whatever the wrapped dataset's transform gives (``LoadResized``: uint8 ``(3, S, S)`` and the
+    shape its crops are drawn in); no random number is drawn here. The index travels with the batch, so the views
+    made on the device can seed each image from ``(seed, epoch, index)`` (``BatchedViews``), as
+    :class:`SeededViews` does for the PIL path.
 
     Example:
         >>> IndexedImages([10, 11, 12])[(5, 2)]
@@ -161,9 +163,12 @@ class IndexedImages(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: Any) -> tuple[Any, int]:
+    def __getitem__(self, key: Any) -> tuple[Any, ...]:
+        from .batched_views import Resized
+
         index = int(key[1]) if isinstance(key, tuple) else int(key)
-        return self.dataset[index], index
+        item = self.dataset[index]
+        return (item.image, index, item.shape) if isinstance(item, Resized) else (item, index)
 
 
 class ResumableDataLoader(DataLoader):
@@ -192,11 +197,11 @@ class ResumableDataLoader(DataLoader):
 class SSLDataModule(L.LightningDataModule):
     """Unlabeled images (folder, list of paths or Dataset) with a method's multi-view transform.
 
-    With ``views="pil"`` batches are lists of view tensors ``[(B, 3, H, W), ...]`` made per image by ``transform``
-    in the loader. With ``views="batched"``, ``transform`` only decodes and resizes (``LoadResized``) and batches are
-    ``[uint8 images (B, 3, S, S), indices (B,)]``: ``SSLModule(views="batched")`` makes the views on the device.
-    ``drop_last`` keeps every batch full (contrastive
-    losses and BatchNorm dislike a tiny last batch); corrupt files are skipped and counted by
+    With ``views="pil"`` batches are lists of view tensors ``[(B, 3, H, W), ...]`` made per image by
+    ``transform`` in the loader. With ``views="batched"``, ``transform`` only decodes and resizes
+    (``LoadResized``) and batches are ``[uint8 images (B, 3, S, S), indices (B,), crop frames (B, 2)]``:
+    ``SSLModule(views="batched")`` makes the views on the device. ``drop_last`` keeps every batch full
+    (contrastive losses and BatchNorm dislike a tiny last batch); corrupt files are skipped and counted by
     ``UnlabeledImages`` (``.dataset.skipped``). Under DDP Lightning's DistributedSampler shards and shuffles.
 
     Example:

@@ -94,14 +94,16 @@ class SSLModule(L.LightningModule):
         return self.method.backbone(x)
 
     def batched_views_of(self, batch: Any) -> Any:
-        """Batched mode: turn ``[images, indices]`` (already on the device; uint8 RGB, float32 with ``channels``)
-        into the method's views."""
+        """Batched mode: turn ``[images, indices]`` or ``[images, indices, shapes]`` (already on the device; uint8
+        RGB, float32 with ``channels``; ``shapes``: each image's crop frame, ``Resized.shape``) into the method's
+        views."""
         if self.batched_views is None or not _is_image_batch(batch, self.batched_views.channels is not None):
             return batch
-        images, indices = batch
+        images, indices, *shapes = batch
         # The epoch of the batch is the trainer's (the sampler's epoch), restored on resume with the loop state.
         with torch.no_grad():
-            return self.batched_views(images, indices, epoch=self.current_epoch)
+            return self.batched_views(images, indices, epoch=self.current_epoch,
+                                      shapes=shapes[0] if shapes else None)
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         # Views are made here rather than in on_after_batch_transfer: that hook is the data module's when one is
@@ -205,10 +207,13 @@ def _channels_of(backbone: nn.Module, channels: int | None) -> int | None:
 
 
 def _is_image_batch(batch: Any, float_images: bool = False) -> bool:
-    # SSLDataModule(views="batched") batches: [uint8 (B, 3, S, S), indices (B,)]; with channels=N the images are
-    # float32 (B, N, S, S). A list of two float view batches is 4-D in both places, never a 1-D index tensor.
-    if not (isinstance(batch, (list, tuple)) and len(batch) == 2 and isinstance(batch[0], Tensor)
-            and isinstance(batch[1], Tensor) and batch[0].ndim == 4 and batch[1].ndim == 1):
+    # SSLDataModule(views="batched") batches: [uint8 (B, 3, S, S), indices (B,), shapes (B, 2)] (a user's own
+    # loader may leave the shapes out); with channels=N the images are float32 (B, N, S, S). A list of float view
+    # batches is 4-D in every place, never a 1-D index tensor.
+    if not (isinstance(batch, (list, tuple)) and len(batch) in (2, 3)
+            and all(isinstance(part, Tensor) for part in batch) and batch[0].ndim == 4 and batch[1].ndim == 1):
+        return False
+    if len(batch) == 3 and tuple(batch[2].shape) != (batch[0].shape[0], 2):
         return False
     return batch[0].dtype == torch.uint8 or (float_images and batch[0].is_floating_point())
 
