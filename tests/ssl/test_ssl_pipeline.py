@@ -135,3 +135,29 @@ def test_wide_images_keep_their_crop_frame_through_the_cache(tmp_path: Path, mon
         frames.clear()
         runs[cache] = load_file(summary["exported"]["safetensors"])
     assert all(torch.equal(runs["ram"][k], runs["off"][k]) for k in runs["ram"])
+
+
+def test_cached_crop_frames_reach_spawned_workers_under_a_small_file_limit() -> None:
+    # With the "spawn" start method (macOS/Windows default) the cache is pickled to each worker, and every torch
+    # tensor in it travels as its own shared-memory segment (2 file descriptors each): frames kept as one tensor per
+    # image exhausted a 256-descriptor limit at 600 images. Kept as one array, they reach the worker intact.
+    import resource
+
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    from warmstart.pretraining.batched_views import LoadResized
+    from warmstart.pretraining.image_cache import CachedImages
+    from warmstart.pretraining.ssl_data import IndexedImages
+
+    photos = [Image.new("RGB", (12, 8), (i % 256, 0, 0)) for i in range(600)]
+    cached = CachedImages(photos, LoadResized(8), progress=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        loader = DataLoader(IndexedImages(cached), batch_size=8, num_workers=1, multiprocessing_context="spawn")
+        images, indices, frames = next(iter(loader))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert tuple(images.shape) == (8, 3, 8, 8) and indices.tolist() == list(range(8))
+    assert frames.tolist() == [[8, 12]] * 8

@@ -296,7 +296,7 @@ def _resized_crop(x: Tensor, spec: ViewSpec, u: Tensor, clip: bool = True, shape
     if shapes is None:
         frame_h, frame_w = torch.tensor(float(stored_h)), torch.tensor(float(stored_w))
     else:
-        frame_h, frame_w = shapes[:, 0].double(), shapes[:, 1].double()
+        frame_h, frame_w = shapes[:, 0].cpu().double(), shapes[:, 1].cpu().double()
     top, left, h, w = crop_boxes(frame_h, frame_w, spec, u.cpu()).double().unbind(1)
     # Pixel centres of the box in the frame, mapped into the stored (squeezed) image: index i of the frame is at
     # (i + 0.5) * stored / frame - 0.5 there (the identity when the frame is the stored size).

@@ -102,7 +102,9 @@ def estimate_bytes(dataset: Any, prepare: Callable | None) -> int:
                 total += 3 * img.size[0] * img.size[1]
         return total
     first = prepare(dataset[0]) if prepare is not None else dataset[0]
-    return n * _as_array(first.image if isinstance(first, Resized) else first).nbytes
+    if isinstance(first, Resized):
+        return n * (_as_array(first.image).nbytes + first.shape.numel() * 8)
+    return n * _as_array(first).nbytes
 
 
 class _Square:
@@ -134,7 +136,7 @@ class CachedImages(Dataset):
                  progress: bool = True) -> None:
         self.dataset, self.prepare, self.transform = dataset, prepare, transform
         self.items: list[np.ndarray] = []
-        self.shapes: list[torch.Tensor] = []  # Resized items: each image's crop frame, kept next to its pixels
+        frames: list[list[int]] = []  # Resized items: each image's crop frame, kept next to its pixels
         self._tensor = False
         n = len(dataset)
         from tqdm.auto import tqdm
@@ -145,19 +147,22 @@ class CachedImages(Dataset):
             if prepare is not None:
                 item = prepare(item)
             if isinstance(item, Resized):
-                self.shapes.append(item.shape.clone())
+                frames.append([int(v) for v in item.shape])
                 item = item.image
             self._tensor = isinstance(item, torch.Tensor)
             self.items.append(_as_array(item))
-        self.nbytes = int(sum(a.nbytes for a in self.items) + sum(s.numel() * 8 for s in self.shapes))
+        # One (N, 2) int64 array, not a tensor per image: under the "spawn" start method every tensor of the dataset
+        # would be sent to a worker as its own shared-memory segment (2 file descriptors each).
+        self.frames = np.asarray(frames, dtype=np.int64).reshape(-1, 2) if frames else None
+        self.nbytes = int(sum(a.nbytes for a in self.items) + (self.frames.nbytes if self.frames is not None else 0))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> Any:
         array = self.items[index]
-        if self.shapes:
-            item: Any = Resized(torch.from_numpy(array), self.shapes[index])  # shares the buffer: only read
+        if self.frames is not None:  # shares the buffers: the batched path only reads them
+            item: Any = Resized(torch.from_numpy(array), torch.from_numpy(self.frames[index]))
         elif self._tensor:
             item = torch.from_numpy(array)  # shares the buffer; the batched path only reads it
         else:
@@ -173,7 +178,7 @@ class CachedImages(Dataset):
 
     def __getattr__(self, name: str) -> Any:
         # .scan, .files, ... of the wrapped UnlabeledImages (only called for names not found on self).
-        if name in ("dataset", "items"):
+        if name in ("dataset", "items", "frames"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
