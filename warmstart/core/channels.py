@@ -417,6 +417,17 @@ def channel_stats(images: Sequence[Any] | Any, max_images: int = STATS_IMAGES,
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
 
 
+def shorter_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(height, width)`` after resizing the shorter side to ``size`` with the aspect kept (never below ``size``).
+
+    Example:
+        >>> shorter_side_shape(40, 60, 16), shorter_side_shape(32, 32, 8)
+        ((16, 24), (8, 8))
+    """
+    scale = size / min(height, width)
+    return max(size, round(height * scale)), max(size, round(width * scale))
+
+
 def resize_center_crop(x: Tensor, size: int) -> Tensor:
     """Shorter side to ``size`` (bilinear, antialiased), then the centre square: the eval view of any channels.
 
@@ -425,8 +436,7 @@ def resize_center_crop(x: Tensor, size: int) -> Tensor:
         (5, 16, 16)
     """
     h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw = shorter_side_shape(h, w, size)
     if (nh, nw) != (h, w):
         x = nn.functional.interpolate(x[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
                                       antialias=True)[0]

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .._optional import require
+from ..core.channels import shorter_side_shape
 from ..core.ssl.views import ViewSpec, blur_kernel_size
 
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 (scale, ratio) draws before its centre-crop fallback
@@ -91,9 +92,8 @@ class Resized(NamedTuple):
 
 
 def _virtual_shape(height: int, width: int, size: int) -> Tensor:
-    # The shorter side at ``size``, the aspect kept (what a shorter-side resize gives), as int64 (height, width).
-    scale = size / min(height, width)
-    return torch.tensor([max(size, round(height * scale)), max(size, round(width * scale))], dtype=torch.int64)
+    # The crop frame: the image's size with the shorter side at ``size`` (the eval resize's), int64 (height, width).
+    return torch.tensor(shorter_side_shape(height, width, size), dtype=torch.int64)
 
 
 class LoadResized:

@@ -8,11 +8,10 @@ worker receives one pickled copy when it starts.) Filling lazily inside workers 
 worker and keep N copies.
 
 What is kept is the loader's deterministic part only, at most its working size: for the PIL path the decoded RGB
-image (``load_rgb``), for ``views="batched"`` the ``LoadResized`` uint8 ``(3, S, S)`` tensor and the image's crop frame
-(with ``channels=N``, the ``LoadResizedChannels`` float32 ``(N, S, S)`` tensor: full precision, 4 bytes per value).
-The random views are
-still made from it every epoch with the same per-image seeds, so a cached run trains bit-identically to a streamed
-one.
+image (``load_rgb``), for ``views="batched"`` the ``LoadResized`` uint8 ``(3, S, S)`` tensor and the image's crop
+frame (with ``channels=N``, the ``LoadResizedChannels`` float32 ``(N, S, S)`` tensor: full precision, 4 bytes per
+value). The random views are still made from it every epoch with the same per-image seeds, so a cached run trains
+bit-identically to a streamed one.
 
 Example:
     >>> import numpy as np, tempfile

@@ -280,7 +280,7 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
         # Mid-epoch resume needs our resumable loader, which Lightning replaces under DDP: epoch boundaries there.
         run_checkpoint.mid_epoch = trainer.world_size == 1
         # Cache decision now (budget vs estimate, budget vs one batch): its errors come before any training.
-        # Per-image channel views read the uncropped files at full precision: they stream from disk (the one place
+        # Per-image channel views read the full-resolution files at full precision: they stream from disk (the one place
         # this is decided; cache="ram" was refused above), plan_cache keeps this decision.
         if channels is not None and views == "pil":
             datamodule.cache_info = {"mode": "off", "reason": "channels with views='pil': images stream from disk"}
@@ -455,7 +455,7 @@ def _check_channel_options(channels: Any, views: str, cache: str, precision: Any
         return None
     if cache == "ram" and views == "pil":
         raise ValueError(f"channels={channels} with cache='ram' needs batched views (the cache keeps their resized "
-                         f"float32 images), but the views are per image here ({why_pil}: they read the uncropped "
+                         f"float32 images), but the views are per image here ({why_pil}: they read the full-resolution "
                          "files from disk); use batched views or cache='auto'/'off'")
     if views == "batched" and str(precision) in HALF_INPUT_PRECISIONS:
         raise ValueError(f"channels={channels} with batched views and precision={precision!r}: Lightning casts "
