@@ -214,3 +214,29 @@ def test_load_report_summary_is_one_line():
     report = LoadReport(matched=["a"], missing=["b", "c"], unexpected=["d"], total_backbone=2)
     text = report.summary()
     assert "\n" not in text and text.startswith("transferred 1/2 backbone tensors") and "1 unexpected" in text
+
+
+def test_the_report_carries_the_input_normalisation_the_export_was_trained_with(resnet_export, tmp_path):
+    bb, files = resnet_export
+    report = load_backbone_weights(torchvision.models.resnet18(), files["pt"].parent)
+    assert report.normalize == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # the family's
+    assert report.normalize_warning() is None  # ImageNet's: what every torchvision recipe already feeds
+    assert load_backbone_weights(torchvision.models.resnet18(), bb.native_state_dict()).normalize is None
+    bare = save_weights(bb.native_state_dict(), tmp_path / "bare" / "weights.safetensors")
+    assert load_backbone_weights(torchvision.models.resnet18(), bare).normalize is None  # nothing recorded
+
+    # statistics the export recorded (a channels=N run's, from its data) win over the family default, and the
+    # report has a line for the front ends to log: they cannot see the user's transforms
+    own = build_backbone("torchvision/resnet18", image_size=32)
+    own.info["normalize"] = {"mean": [0.25, 0.5, 0.75], "std": [0.1, 0.2, 0.3]}
+    export_backbone(own, tmp_path / "own")
+    report = load_backbone_weights(LitLike(), tmp_path / "own" / "backbone.safetensors")
+    assert report.normalize == own.info["normalize"] and report.prefix == "backbone."
+    assert "mean=[0.25, 0.5, 0.75], std=[0.1, 0.2, 0.3]" in report.normalize_warning()
+
+    # Ultralytics takes pixels / 255 and no mean/std
+    yolo = build_backbone("ultralytics/yolov8n.yaml")
+    export_backbone(yolo, tmp_path / "yolo")
+    from ultralytics.nn.tasks import DetectionModel
+
+    assert load_backbone_weights(DetectionModel("yolov8n.yaml", verbose=False), tmp_path / "yolo").normalize is None

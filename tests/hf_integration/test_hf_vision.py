@@ -88,3 +88,17 @@ def test_mismatched_vit_size_and_missing_file_are_refused(tmp_path):
         load_pretrained_backbone(transformers.ViTForImageClassification(tiny_vit_config(image_size=32)), path)
     with pytest.raises(ValueError, match="does not exist"):
         load_pretrained_backbone(transformers.ViTForImageClassification(tiny_vit_config()), tmp_path / "nope.pt")
+
+
+def test_an_export_with_its_own_input_statistics_is_logged_and_reported(tmp_path, caplog):
+    import json
+
+    _, path = _vit_export(tmp_path)
+    report = load_pretrained_backbone(transformers.ViTForImageClassification(tiny_vit_config()), path)
+    assert report.normalize is None and report.normalize_warning() is None  # no backbone.json: nothing recorded
+    stats = {"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.5, 0.5]}
+    (tmp_path / "backbone.json").write_text(json.dumps({"family": "hf", "info": {"normalize": stats}}))
+    with caplog.at_level("WARNING", logger="warmstart.hf_integration.vision"):
+        report = load_pretrained_backbone(transformers.ViTForImageClassification(tiny_vit_config()), tmp_path)
+    assert report.normalize == stats  # an image processor's ImageNet mean/std would be wrong for this export
+    assert "mean=[0.2, 0.3, 0.4], std=[0.5, 0.5, 0.5]" in caplog.text

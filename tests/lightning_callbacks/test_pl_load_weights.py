@@ -81,3 +81,17 @@ def test_missing_file_and_wrong_architecture_fail_at_setup(tmp_path):
     with pytest.raises(ValueError, match="different shape"):
         trainer(tmp_path, [LoadBackboneWeights(path), rec], max_epochs=1).fit(DigitsCNN(), loader(32))
     assert rec.steps == 0
+
+
+def test_an_export_with_its_own_input_statistics_is_announced_at_setup(tmp_path):
+    # a channels=N pretraining records its data's per-band statistics in backbone.json: fine-tuning must feed
+    # them, and the callback cannot see the DataLoader's transforms, so it says so (and the report has them)
+    import json
+
+    path = save_weights(Trunk().state_dict(), tmp_path / "export" / "backbone.safetensors")
+    stats = {"mean": [0.31], "std": [0.12]}
+    (path.parent / "backbone.json").write_text(json.dumps({"family": "custom", "info": {"normalize": stats}}))
+    cb = LoadBackboneWeights(path.parent)
+    with pytest.warns(UserWarning, match=r"mean=\[0.31\], std=\[0.12\].*not ImageNet's"):
+        trainer(tmp_path, [cb], max_epochs=1, limit_train_batches=1).fit(DigitsCNN(), loader(32))
+    assert cb.report.normalize == stats

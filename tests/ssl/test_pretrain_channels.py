@@ -91,8 +91,9 @@ def test_one_channel_16_bit_pngs_on_a_torchvision_resnet(gray16: Path, tmp_path:
     result = native.load_state_dict(state, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     rebuilt = build_backbone("torchvision/resnet18", image_size=32, channels=1)
-    load_backbone_weights(rebuilt, out / "exported")
+    report = load_backbone_weights(rebuilt, out / "exported")
     assert conv_in_channels(rebuilt.model) == 1 and torch.equal(rebuilt.model.conv1.weight, state["conv1.weight"])
+    assert report.normalize == expected  # what fine-tuning must normalise with, from the export's backbone.json
 
     # embed reads the channel count and statistics from the export's backbone.json.
     feats = embed(gray16, None, weights=out / "exported", image_size=32, progress=False, device="cpu")

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from . import weight_files
-from .backbones import Backbone, build_backbone
+from .backbones import _INPUT_NORMALIZE, IMAGENET_NORMALIZE, Backbone, build_backbone
 from .weight_keys import (
     canonical_key,
     canonical_names,
@@ -59,6 +59,9 @@ class LoadReport:
     ``matched``: target keys that received a tensor. ``missing``: target keys (under ``prefix``) left as they
     were. ``unexpected``: export keys with no counterpart in the target. ``total_backbone``: tensors in the export.
     ``adapters``: LoRA adapter tensors of the model the export has nothing for (new, like a task head).
+    ``normalize``: the input mean/std the export was trained with (:func:`export_normalize`), or ``None`` when the
+    weights came without a ``backbone.json`` or its family takes pixels / 255 only (Ultralytics). The front ends
+    do not normalise your data: feed fine-tuning images normalised with these numbers.
 
     Example:
         >>> r = LoadReport(matched=["a", "b"], missing=["fc.weight"], unexpected=[], total_backbone=2)
@@ -74,6 +77,7 @@ class LoadReport:
     source_prefix: str = ""
     mismatched: list[str] = field(default_factory=list)
     adapters: list[str] = field(default_factory=list)
+    normalize: dict[str, list[float]] | None = None
 
     def summary(self) -> str:
         """One line for logs: how many tensors transferred, and what was left out.
@@ -91,6 +95,25 @@ class LoadReport:
         if self.adapters:
             text += f"; {len(self.adapters)} LoRA adapter tensors start new"
         return text + ")"
+
+    def normalize_warning(self) -> str | None:
+        """A line for a fine-tuning front end to log when the export's inputs were not ImageNet-normalised.
+
+        The front ends never see the user's transforms, so a ``channels=N`` export fed ImageNet-normalised (or
+        raw) images would fine-tune on the wrong scale without any error. ``None`` when nothing is recorded or
+        the statistics are ImageNet's (what torchvision, timm and Hugging Face recipes already use).
+
+        Example:
+            >>> LoadReport([], [], [], 0, normalize={"mean": [0.3], "std": [0.2]}).normalize_warning()[:46]
+            'the export was pretrained on inputs normalised'
+            >>> LoadReport([], [], [], 0).normalize_warning() is None
+            True
+        """
+        if self.normalize is None or self.normalize == IMAGENET_NORMALIZE:
+            return None
+        return (f"the export was pretrained on inputs normalised with mean={self.normalize.get('mean')}, "
+                f"std={self.normalize.get('std')} (its backbone.json), not ImageNet's; warmstart does not "
+                "normalise your data: use these numbers in your transforms (report.normalize)")
 
 
 def save_weights(state_dict: Mapping[str, Tensor], path: str | Path, *, metadata: dict[str, str] | None = None) -> Path:
@@ -147,6 +170,53 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"{path}: unsupported weights file type {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}.")
     return path
+
+
+def export_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``backbone.json`` that :func:`export_backbone` wrote next to the weights ``path`` names (``{}`` if none).
+
+    ``path`` is the weights file or the export folder. A missing, unreadable or non-JSON ``backbone.json`` gives
+    ``{}`` (weights from elsewhere carry none); a missing weights path raises :class:`WeightsNotFoundError`.
+
+    Example:
+        >>> import tempfile
+        >>> from warmstart.core.backbones import build_backbone
+        >>> d = tempfile.mkdtemp()
+        >>> _ = export_backbone(build_backbone("torchvision/resnet18", image_size=32), d)
+        >>> export_metadata(d)["spec"]
+        'torchvision/resnet18'
+    """
+    meta = resolve_weights_path(path).parent / "backbone.json"
+    try:
+        value = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def export_normalize(path: str | os.PathLike) -> dict[str, list[float]] | None:
+    """Input ``{"mean", "std"}`` the export at ``path`` was pretrained with: what fine-tuning must feed it.
+
+    Read from the export's ``backbone.json``: its recorded statistics (``info.normalize``: per-band statistics of
+    a ``channels=N`` run, or a model's own, like EfficientNet-Lite's 0.5 / 0.5), else its family's default
+    (ImageNet's for torchvision, timm and Hugging Face). ``None`` when there is no ``backbone.json`` (nothing
+    recorded: weights from elsewhere) or the family takes pixels / 255 only (Ultralytics).
+
+    Example:
+        >>> import tempfile
+        >>> from warmstart.core.backbones import build_backbone
+        >>> d = tempfile.mkdtemp()
+        >>> _ = export_backbone(build_backbone("torchvision/resnet18", image_size=32), d)
+        >>> export_normalize(d)["std"]
+        [0.229, 0.224, 0.225]
+    """
+    meta = export_metadata(path)
+    if not meta:
+        return None
+    info = meta.get("info") or {}
+    if "normalize" in info:
+        return info["normalize"]
+    return _INPUT_NORMALIZE.get(str(meta.get("family")), IMAGENET_NORMALIZE)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -332,7 +402,8 @@ def load_backbone_weights(
     return LoadReport(matched=matched, missing=[tgt[n][0] for n in missing], unexpected=unexpected,
                       total_backbone=len(backbone_keys), prefix=add, source_prefix=strip, mismatched=mismatched,
                       adapters=[k for n in tgt if n.startswith(add) and is_adapter_key(n) and n not in loaded
-                                for k in tgt[n]])
+                                for k in tgt[n]],
+                      normalize=export_normalize(path_or_state) if is_path else None)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:

@@ -25,6 +25,7 @@ Refused with a ValueError (never a silent partial load):
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch import nn
 from warmstart._optional import require
 
 require("transformers")
+log = logging.getLogger(__name__)
 
 # A few key shapes that identify where an export came from, for the error message only.
 _LAYOUTS = (
@@ -110,8 +112,8 @@ def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_m
 
     path = checkpoints.resolve_weights_path(path)  # missing: a FileNotFoundError (and ValueError) naming it
     try:
-        return checkpoints.load_backbone_weights(model, path, min_match=min_match, prefix=prefix,
-                                                 allow_missing=allow_missing)
+        report = checkpoints.load_backbone_weights(model, path, min_match=min_match, prefix=prefix,
+                                                   allow_missing=allow_missing)
     except ValueError as err:
         hint = _layout_hint(model, path)
         if not hint:
@@ -119,6 +121,9 @@ def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_m
         # The layout is the real cause; the loader's own message (often a spurious shape clash between two
         # unrelated tensors that happen to share a name suffix) is detail.
         raise ValueError(f"{hint}\n(loader: {err})") from err
+    if note := report.normalize_warning():  # an image processor's ImageNet mean/std would be wrong for it
+        log.warning("%s: %s", path, note)
+    return report
 
 
 def _weights_file(folder: Path) -> Path | None:

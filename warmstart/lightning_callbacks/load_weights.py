@@ -10,6 +10,7 @@ from ._common import target_module
 
 L = require("lightning", "lightning")
 rank_zero_info = L.pytorch.utilities.rank_zero_info
+rank_zero_warn = L.pytorch.utilities.rank_zero_warn
 
 
 class LoadBackboneWeights(L.Callback):
@@ -65,6 +66,8 @@ class LoadBackboneWeights(L.Callback):
         self.report = load_backbone_weights(sub, path, min_match=self.min_match, prefix=self.prefix,
                                             allow_missing=self.allow_missing)
         rank_zero_info(f"warmstart LoadBackboneWeights: {self.path.name}: {self.report.summary()}")
+        if note := self.report.normalize_warning():
+            rank_zero_warn(f"warmstart LoadBackboneWeights: {note}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "summary": self.report.summary() if self.report is not None else None}

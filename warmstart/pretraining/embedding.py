@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .._optional import require
 from ..core.backbones import IMAGENET_NORMALIZE, Backbone, build_backbone
-from ..core.checkpoints import load_backbone_weights, resolve_weights_path
+from ..core.checkpoints import export_metadata, load_backbone_weights, resolve_weights_path
 from ..core.data import UnlabeledImages
 from .embedding_files import check_format, write_embeddings
 
@@ -121,8 +121,7 @@ def _export_info(weights: str | Path | None) -> dict:
     if weights is None:
         return {}
     try:  # a missing/damaged weights path is reported later, after the data check, as before
-        meta = resolve_weights_path(weights).parent / "backbone.json"
-        return dict(json.loads(meta.read_text()).get("info") or {})
+        return dict(export_metadata(weights).get("info") or {})
     except (OSError, ValueError):
         return {}
 
