@@ -1,6 +1,7 @@
 """A `warmstart.pretrain` run for the kill/resume tests: tiny CNN, one thread, a progress line per batch.
 
 Usage: python pretrain_kill_worker.py OUT DATA EPOCHS [--resume] [--sleep SECONDS] [--channels N]
+       [--teacher WEIGHTS] (distillation from a tiny CNN teacher with these weights instead of BYOL)
 Writes ``OUT.progress`` lines ``<epoch> <global_step>`` after every batch, so the test can kill the process at a
 known point instead of guessing with a timer. The sleep only slows the run down; it changes no number.
 """
@@ -39,10 +40,13 @@ def main(argv: list[str]) -> None:
     out, data, epochs = Path(argv[0]), Path(argv[1]), int(argv[2])
     sleep = float(argv[argv.index("--sleep") + 1]) if "--sleep" in argv else 0.0
     channels = int(argv[argv.index("--channels") + 1]) if "--channels" in argv else None
+    teacher = argv[argv.index("--teacher") + 1] if "--teacher" in argv else None
+    method = {"method": "distillation", "teacher": tiny_cnn(channels or 3), "teacher_weights": teacher} if teacher \
+        else {"method": "byol"}
     torch.set_num_threads(1)
-    pretrain(out, data, tiny_cnn(channels or 3), method="byol", epochs=epochs, batch_size=8, image_size=32,
+    pretrain(out, data, tiny_cnn(channels or 3), epochs=epochs, batch_size=8, image_size=32,
              progress=False, accelerator="cpu", devices=1, resume="--resume" in argv, checkpoint_every=2,
-             channels=channels, callbacks=[Progress(Path(f"{out}.progress"), sleep)])
+             channels=channels, callbacks=[Progress(Path(f"{out}.progress"), sleep)], **method)
 
 
 if __name__ == "__main__":

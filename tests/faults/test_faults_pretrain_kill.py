@@ -73,11 +73,25 @@ def _finish(proc: subprocess.Popen, timeout: float = 180.0) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("kind", ["rgb", "channels"])
+@pytest.fixture(scope="module")
+def teacher_weights(tmp_path_factory) -> Path:
+    """Weights of a tiny CNN teacher (another seed than the student), saved as a user would pass them."""
+    from warmstart.core.checkpoints import save_weights
+
+    torch.manual_seed(7)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    return save_weights(net.state_dict(), tmp_path_factory.mktemp("teacher") / "teacher.safetensors")
+
+
+@pytest.mark.parametrize("kind", ["rgb", "channels", "distillation"])
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(kind: str, request, tmp_path: Path) -> None:
-    # RGB images, and 4-band float images (channels=4: float32 cache, intensity views), both on batched views
-    images = request.getfixturevalue("images" if kind == "rgb" else "bands")
-    flags = ("--channels", "4") if kind == "channels" else ()
+    # RGB images (BYOL), 4-band float images (channels=4: float32 cache, intensity views) and distillation from a
+    # frozen teacher the checkpoint leaves out (rebuilt from its weights on resume), all on batched views
+    images = request.getfixturevalue("bands" if kind == "channels" else "images")
+    flags = {"rgb": (), "channels": ("--channels", "4"),
+             "distillation": ("--teacher", str(request.getfixturevalue("teacher_weights")))}[kind]
     epochs = 4
     reference = _worker(tmp_path / "full", images, epochs, *flags)
     killed = _worker(tmp_path / "cut", images, epochs, "--sleep", "0.3", *flags)
@@ -92,6 +106,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(kind: str, request
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     loader_state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert ckpt["epoch"] == 2 and 0 < loader_state["batches_done"] < BATCHES_PER_EPOCH, loader_state
+    if kind == "distillation":  # the frozen teacher is not in the checkpoint, only its fingerprint
+        assert not [k for k in ckpt["state_dict"] if k.startswith("method.teacher.")]
+        assert len(ckpt["warmstart_external_modules"]["teacher"]) == 64
 
     resumed = _worker(tmp_path / "cut", images, epochs, "--resume", *flags)
     assert _finish(resumed) == 0, resumed.stderr.read()[-3000:]
@@ -103,7 +120,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(kind: str, request
     assert resumed_steps == list(range(ckpt["global_step"] + 1, epochs * BATCHES_PER_EPOCH + 1)), logged
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == epochs * BATCHES_PER_EPOCH
-    assert summary["views"] == "batched" and summary.get("channels") == (4 if flags else None)
+    assert summary["views"] == "batched" and summary.get("channels") == (4 if kind == "channels" else None)
     full = load_file(tmp_path / "full" / "exported" / "backbone.safetensors")
     again = load_file(tmp_path / "cut" / "exported" / "backbone.safetensors")
     assert full.keys() == again.keys()

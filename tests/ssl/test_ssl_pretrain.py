@@ -80,6 +80,27 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(folders, tmp_path
     assert {r["epoch"] for r in rows} == {"0", "1"}  # both sessions' logs flattened into one file
 
 
+def test_a_resume_with_another_teacher_is_refused(folders, tmp_path: Path) -> None:
+    # The frozen teacher is left out of the checkpoints (it is rebuilt from its weights): only its fingerprint
+    # is kept, so resuming with other teacher weights fails instead of training against two teachers.
+    teachers = {}
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        teachers[seed] = save_weights(tiny_cnn(24).state_dict(), tmp_path / f"teacher{seed}.safetensors")
+    kw = dict(method="distillation", epochs=2, **RUN)
+    cut = pretrain(tmp_path / "cut", folders["data"], seeded_cnn(), teacher=tiny_cnn(24), teacher_weights=teachers[1],
+                   callbacks=[StopAfterFirstEpoch()], **kw)
+    assert cut["epochs_completed"] == 1
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert not [k for k in ckpt["state_dict"] if ".teacher." in k] and "warmstart_external_modules" in ckpt
+    with pytest.raises(ValueError, match="written with another teacher"):
+        pretrain(tmp_path / "cut", folders["data"], seeded_cnn(), teacher=tiny_cnn(24),
+                 teacher_weights=teachers[2], resume=True, **kw)
+    resumed = pretrain(tmp_path / "cut", folders["data"], seeded_cnn(), teacher=tiny_cnn(24),
+                       teacher_weights=teachers[1], resume=True, **kw)
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 2
+
+
 def test_corrupt_files_are_skipped_and_counted(folders, tmp_path: Path) -> None:
     data = digit_folder(tmp_path / "messy", 32)
     (data / "zero.png").write_bytes(b"")

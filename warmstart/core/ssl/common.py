@@ -121,6 +121,9 @@ class Method(nn.Module, abc.ABC):
     # Defaults tuned for short runs on small data with AdamW (see docs/ssl.md); SSLModule reads them.
     default_lr: ClassVar[float] = 1e-3
     default_weight_decay: ClassVar[float] = 1e-4
+    # Submodules the caller builds and passes in frozen (a distillation teacher): rebuilt on resume from the same
+    # spec and weights, so checkpoints leave them out (SSLModule keeps a fingerprint instead).
+    external_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: nn.Module, image_size: int = 64) -> None:
         super().__init__()

@@ -152,6 +152,7 @@ class Distillation(Method):
     name = "distillation"
     default_lr = 1e-3
     default_weight_decay = 1e-4
+    external_modules = ("teacher",)
 
     def __init__(self, backbone: nn.Module, image_size: int = 64, *, teacher: nn.Module | None = None,
                  teacher_image_size: int | None = None, hidden_dim: int | None = None, loss: str = "cosine",
