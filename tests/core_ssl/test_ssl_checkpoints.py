@@ -234,6 +234,12 @@ def test_the_report_carries_the_input_normalisation_the_export_was_trained_with(
     assert report.normalize == own.info["normalize"] and report.prefix == "backbone."
     assert "mean=[0.25, 0.5, 0.75], std=[0.1, 0.2, 0.3]" in report.normalize_warning()
 
+    # a 4-band export that recorded no statistics: ImageNet's three RGB values would be wrong, so none
+    bands = build_backbone("torchvision/resnet18", image_size=32, channels=4)
+    export_backbone(bands, tmp_path / "bands")
+    assert load_backbone_weights(build_backbone("torchvision/resnet18", image_size=32, channels=4),
+                                 tmp_path / "bands").normalize is None
+
     # Ultralytics takes pixels / 255 and no mean/std
     yolo = build_backbone("ultralytics/yolov8n.yaml")
     export_backbone(yolo, tmp_path / "yolo")

@@ -116,6 +116,19 @@ def test_wrong_weights_for_the_teacher_spec_are_refused(tmp_path: Path) -> None:
         build_teacher("torchvision/mobilenet_v3_small", weights, image_size=32)
 
 
+def test_a_teacher_from_an_export_is_fed_the_statistics_the_export_recorded(tmp_path: Path) -> None:
+    # e.g. a teacher pretrained here on data with its own statistics: distillation feeds it what it was trained on
+    from warmstart.core.checkpoints import export_backbone
+
+    trained = build_backbone("torchvision/resnet18", image_size=32)
+    trained.info["normalize"] = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    export_backbone(trained, tmp_path / "own")
+    assert build_teacher("torchvision/resnet18", tmp_path / "own", image_size=32).normalize == trained.info[
+        "normalize"]
+    export_backbone(build_backbone("torchvision/resnet18", image_size=32), tmp_path / "plain")
+    assert build_teacher("torchvision/resnet18", tmp_path / "plain", image_size=32).normalize == STUDENT_NORMALIZE
+
+
 STUDENT_NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # a custom module's views
 
 

@@ -100,6 +100,47 @@ def test_a_resume_with_another_teacher_is_refused(folders, tmp_path: Path) -> No
                        teacher_weights=teachers[1], resume=True, **kw)
     assert resumed["status"] == "completed" and resumed["epochs_completed"] == 2
 
+    # "bf16-true" casts the whole module, teacher included, before the first save: the fingerprint is taken
+    # before that cast, so the same teacher (rebuilt in fp32) resumes. The default batched views (made in float32
+    # from uint8 batches, which Lightning does not cast) follow the module's dtype.
+    half = {**kw, "precision": "bf16-true"}
+    cut = pretrain(tmp_path / "bf16", folders["data"], seeded_cnn(), teacher=tiny_cnn(24),
+                   teacher_weights=teachers[1], callbacks=[StopAfterFirstEpoch()], **half)
+    assert cut["epochs_completed"] == 1 and cut["views"] == "batched"
+    resumed = pretrain(tmp_path / "bf16", folders["data"], seeded_cnn(), teacher=tiny_cnn(24),
+                       teacher_weights=teachers[1], resume=True, **half)
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 2
+    student = load_file(tmp_path / "bf16" / "exported" / "backbone.safetensors")
+    assert not torch.equal(student["0.weight"].float(), seeded_cnn()[0].weight.detach())  # it trained
+
+
+def test_checkpoints_keep_the_teacher_where_the_strategy_restores_after_setup(tmp_path: Path) -> None:
+    # FSDP and DeepSpeed load the model state before on_load_checkpoint could put a left-out teacher back, so
+    # there the teacher stays in the checkpoint; elsewhere it is left out and put back on load
+    from types import SimpleNamespace
+
+    from warmstart.core.ssl import get_method
+    from warmstart.pretraining.ssl_module import SSLModule
+
+    def module(seed: int) -> SSLModule:
+        torch.manual_seed(seed)
+        teacher = tiny_cnn(24)
+        return SSLModule(get_method("distillation", seeded_cnn(), 32, teacher=teacher), image_size=32)
+
+    source = module(1)
+    for after_setup, kept in ((True, True), (False, False)):
+        source._trainer = SimpleNamespace(strategy=SimpleNamespace(restore_checkpoint_after_setup=after_setup))
+        checkpoint = {"state_dict": source.state_dict()}
+        source.on_save_checkpoint(checkpoint)
+        assert any(".teacher." in k for k in checkpoint["state_dict"]) is kept
+    target = module(1)
+    target.on_load_checkpoint(checkpoint)
+    target.load_state_dict(checkpoint["state_dict"])  # strict: the teacher's tensors are back
+    checkpoint = {"state_dict": source.state_dict()}
+    source.on_save_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="written with another teacher"):
+        module(2).on_load_checkpoint(checkpoint)
+
 
 def test_corrupt_files_are_skipped_and_counted(folders, tmp_path: Path) -> None:
     data = digit_folder(tmp_path / "messy", 32)

@@ -200,7 +200,8 @@ def export_normalize(path: str | os.PathLike) -> dict[str, list[float]] | None:
     Read from the export's ``backbone.json``: its recorded statistics (``info.normalize``: per-band statistics of
     a ``channels=N`` run, or a model's own, like EfficientNet-Lite's 0.5 / 0.5), else its family's default
     (ImageNet's for torchvision, timm and Hugging Face). ``None`` when there is no ``backbone.json`` (nothing
-    recorded: weights from elsewhere) or the family takes pixels / 255 only (Ultralytics).
+    recorded: weights from elsewhere), when a non-RGB export recorded no statistics, or when the family takes
+    pixels / 255 only (Ultralytics).
 
     Example:
         >>> import tempfile
@@ -216,6 +217,8 @@ def export_normalize(path: str | os.PathLike) -> dict[str, list[float]] | None:
     info = meta.get("info") or {}
     if "normalize" in info:
         return info["normalize"]
+    if int(info.get("in_channels", 3)) != 3:  # ImageNet's RGB statistics mean nothing for N bands
+        return None
     return _INPUT_NORMALIZE.get(str(meta.get("family")), IMAGENET_NORMALIZE)
 
 

@@ -93,9 +93,12 @@ def _load(net: Backbone, spec: str | nn.Module, weights: str | os.PathLike,
     path = resolve_weights_path(weights)  # a folder means the export inside it; missing: a named error
     name = spec if isinstance(spec, str) else type(spec).__name__
     try:
-        load_backbone_weights(net, path, allow_missing=allow_missing)
+        report = load_backbone_weights(net, path, allow_missing=allow_missing)
     except ValueError as err:
         raise ValueError(f"teacher weights {Path(path).name} do not fit the teacher {name!r}: {err}") from err
+    if report.normalize is not None and isinstance(net, Backbone):
+        # the inputs the teacher was trained on (an export's recorded statistics), which distillation feeds it
+        net.info["normalize"] = report.normalize
 
 
 def _lite_features(model: nn.Module, x: Any) -> Any:

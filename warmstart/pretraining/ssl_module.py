@@ -108,8 +108,12 @@ class SSLModule(L.LightningModule):
         images, indices, *shapes = batch
         # The epoch of the batch is the trainer's (the sampler's epoch), restored on resume with the loop state.
         with torch.no_grad():
-            return self.batched_views(images, indices, epoch=self.current_epoch,
-                                      shapes=shapes[0] if shapes else None)
+            views = self.batched_views(images, indices, epoch=self.current_epoch,
+                                       shapes=shapes[0] if shapes else None)
+        # "-true" precisions cast the module but not a uint8 batch: the float32 views follow the module's dtype
+        if self.dtype.is_floating_point and self.dtype != views[0].dtype:
+            views = [v.to(self.dtype) for v in views]
+        return views
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         # Views are made here rather than in on_after_batch_transfer: that hook is the data module's when one is
@@ -158,40 +162,63 @@ class SSLModule(L.LightningModule):
             optimizer, warmup_cosine(self.total_steps(), self.warmup_fraction))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def setup(self, stage: str) -> None:
+        # Fingerprint the external modules here, before the strategy casts the module ("bf16-true" converts the
+        # teacher too): a fingerprint of the cast copy would never match the fp32 teacher a resume rebuilds.
+        if stage == "fit" and self._drops_external_modules():
+            self._fingerprint_external_modules()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A frozen teacher is rebuilt from its spec and weights on resume: saving it put a second model in every
         # checkpoint (EfficientNet-Lite0: +14 MB per save; a ViT-B teacher: about +340 MB). Its fingerprint stays, so
         # a resume with other teacher weights fails instead of training half a run against each.
         state = checkpoint.get("state_dict")
-        if not isinstance(state, dict):
+        if not isinstance(state, dict) or not self._drops_external_modules():
             return
+        fingerprints = self._fingerprint_external_modules()
         for name in self.method.external_modules:
             prefix = f"method.{name}."
             keys = [k for k in state if k.startswith(prefix)]
-            if not keys:
-                continue
             for key in keys:
                 del state[key]
-            if name not in self._external_fingerprints:  # frozen: hashed once per run
-                self._external_fingerprints[name] = module_fingerprint(getattr(self.method, name))
-            checkpoint.setdefault(EXTERNAL_KEY, {})[name] = self._external_fingerprints[name]
+            if keys:
+                checkpoint.setdefault(EXTERNAL_KEY, {})[name] = fingerprints[name]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Put the rebuilt external modules back into the state to restore (strict loading stays on), after
-        # checking they are the ones the run was started with.
-        for name, fingerprint in (checkpoint.get(EXTERNAL_KEY) or {}).items():
-            module = getattr(self.method, name, None)
-            if not isinstance(module, nn.Module):
+        # checking they are the ones the run was started with. Runs before the strategy casts the module.
+        saved = checkpoint.get(EXTERNAL_KEY) or {}
+        state = checkpoint.get("state_dict")
+        if not saved or not isinstance(state, dict):
+            return
+        for name in saved:
+            if not isinstance(getattr(self.method, name, None), nn.Module):
                 raise ValueError(f"the checkpoint was written by a run with a {name} (method "
                                  f"{checkpoint.get('hyper_parameters', {}).get('method')!r}); this module's "
                                  f"{self.method.name!r} method has none: resume with the same method")
-            if module_fingerprint(module) != fingerprint:
+        fingerprints = self._fingerprint_external_modules()
+        for name, fingerprint in saved.items():
+            if fingerprints.get(name) != fingerprint:
                 raise ValueError(
                     f"the checkpoint was written with another {name}: its weights differ from the {name} this run "
                     f"was given. Resume with the same {name} (spec and weights) the run started with, or start "
                     "over (--overwrite)")
-            self._external_fingerprints[name] = fingerprint
-            checkpoint["state_dict"].update({f"method.{name}.{k}": v for k, v in module.state_dict().items()})
+            module = getattr(self.method, name)
+            state.update({f"method.{name}.{k}": v for k, v in module.state_dict().items()})
+
+    def _drops_external_modules(self) -> bool:
+        """Whether checkpoints leave the external modules out: not where Lightning restores after the strategy's
+        setup (FSDP, DeepSpeed load the state before ``on_load_checkpoint`` could put the modules back)."""
+        strategy = getattr(self._trainer, "strategy", None)
+        return bool(self.method.external_modules) and not getattr(strategy, "restore_checkpoint_after_setup", False)
+
+    def _fingerprint_external_modules(self) -> dict[str, str]:
+        """Fingerprints of the method's external modules, each hashed once (they are frozen)."""
+        for name in self.method.external_modules:
+            module = getattr(self.method, name, None)
+            if isinstance(module, nn.Module) and name not in self._external_fingerprints:
+                self._external_fingerprints[name] = module_fingerprint(module)
+        return self._external_fingerprints
 
     def export(self, out_dir: str | Path) -> dict[str, Path]:
         """Write the backbone in its native key layout (``export_backbone``) to ``out_dir``."""
@@ -231,6 +258,9 @@ def module_fingerprint(module: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
+        if not isinstance(tensor, Tensor):  # a module's non-tensor ``_extra_state``
+            digest.update(f"{name}={tensor!r};".encode())
+            continue
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
