@@ -1,7 +1,8 @@
 """Write one benchmark's ``benchmarks/results/<stem>.json`` in the shared format (see benchmarks/RESULTS.md).
 
-Keys: "benchmark", "command", "started", "machine" ({"cpus", "torch", "loadavg_start", "loadavg_end"}), "config",
-"runs" (raw per-run values) and "table" (computed from "runs" by the script's ``summarize(runs, config)``).
+Keys: "benchmark", "command", "started", "machine" ({"cpus", "torch", "cpu", "cpu_capability", "loadavg_start",
+"loadavg_end"}; "cpu" and "cpu_capability" since 2026-12-01), "config", "runs" (raw per-run values) and "table"
+(computed from "runs" by the script's ``summarize(runs, config)``).
 ``benchmarks/render_results.py`` renders the tables into README.md and RESULTS.md.
 """
 
@@ -45,6 +46,9 @@ class Recorder:
 
         payload = {"benchmark": self.stem, "command": self.command, "started": self.started,
                    "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                               # float results differ across CPU kernels (AVX2 vs AVX-512), so a seed's
+                               # accuracy reproduces only on the same kind of CPU
+                               "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                "loadavg_start": self.loadavg_start,
                                "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
                    "config": self.config, "runs": runs, "table": summarize(runs, self.config)}
@@ -52,6 +56,24 @@ class Recorder:
         path = write_json(self.results_dir / f"{self.stem}.json", payload)
         print(f"wrote {path}")
         return path
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()``; ``None`` if unknown.
+
+    Example:
+        >>> isinstance(cpu_model(), (str, type(None)))
+        True
+    """
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def write_json(path: Path, value: Any) -> Path:

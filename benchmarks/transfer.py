@@ -32,9 +32,9 @@ Datasets (regenerated offline by anyone): ``digits`` = scikit-learn's 1,797 8x8 
 Fashion-MNIST product photos (500 per class) from Debian's ``dataset-fashion-mnist`` package, the one real-photo
 set that installs offline (``scripts/install_benchmark_data.sh``; see benchmarks/RESULTS.md).
 
-Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--arms scratch ssl distill lightly_train]
-       [--datasets fashion5k digits mnist5k] [--finetune-augment none|shift] [--teacher-image-size 64]
-       [--name RESULTS_STEM]
+Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--labels-per-class 10 50]
+       [--arms scratch ssl distill lightly_train] [--datasets fashion5k digits mnist5k]
+       [--finetune-augment none|shift] [--teacher-image-size 64] [--name RESULTS_STEM]
 """
 
 from __future__ import annotations
@@ -474,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny pool, 1 epoch, 4 fine-tune steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="labeled-subset / fine-tuning seeds")
+    parser.add_argument("--labels-per-class", type=int, nargs="+",
+                        help="labeled images per class of every evaluation (default 10 50)")
     parser.add_argument("--image-size", type=int, help="pixels (default 32)")
     parser.add_argument("--finetune-steps", type=int, help="steps of every fine-tune (default 200)")
     parser.add_argument("--budget-scale", type=float, default=1.0, metavar="X",
@@ -506,6 +508,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dict(QUICK if args.quick else FULL)
     if args.seeds:
         cfg["seeds"] = args.seeds
+    if args.labels_per_class:
+        if min(args.labels_per_class) < 1:
+            raise SystemExit("--labels-per-class must be >= 1")
+        cfg["labels_per_class"] = args.labels_per_class
     if args.image_size:
         cfg["image_size"] = args.image_size
     if args.finetune_steps:

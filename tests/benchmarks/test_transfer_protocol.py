@@ -42,3 +42,8 @@ def test_distillation_weights_are_reused_only_for_the_same_teacher_size(tmp_path
     new = {**old, "teacher_image_size": 128}
     assert transfer.reused([new], "d", "distill", {**cfg, "teacher_image_size": 128}) is not None
     assert transfer.reused([new], "d", "distill", cfg) is None
+
+
+def test_labels_per_class_must_be_positive():
+    with pytest.raises(SystemExit, match="--labels-per-class must be >= 1"):
+        transfer.main(["--labels-per-class", "10", "0"])
