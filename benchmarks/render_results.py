@@ -80,7 +80,8 @@ def render(payload: dict) -> str:
              "|" + "---|" * len(table["columns"])]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table["rows"]]
     load = [machine.get("loadavg_start", [None])[0], machine.get("loadavg_end", [None])[0]]
-    cpu = f" ({machine['cpu']}, {machine.get('cpu_capability')} kernels)" if machine.get("cpu") else ""
+    kernels = f", {machine['cpu_capability']} kernels" if machine.get("cpu_capability") else ""
+    cpu = f" ({machine['cpu']}{kernels})" if machine.get("cpu") else ""
     lines += ["", f"Measured by `{payload['command']}` at {payload['started']};",
               f"{machine.get('cpus')} CPUs{cpu}, torch {machine.get('torch')}, load average (1 min) {load[0]} at "
               f"start, {load[1]} at end."]

@@ -506,6 +506,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "warmstart"):
         logging.getLogger(name).setLevel(logging.ERROR)
     cfg = dict(QUICK if args.quick else FULL)
+    for option, values in (("--seeds", args.seeds), ("--labels-per-class", args.labels_per_class)):
+        if values and len(set(values)) != len(values):  # a repeat would be pooled as if it were another seed
+            raise SystemExit(f"{option} repeats a value: {values}")
     if args.seeds:
         cfg["seeds"] = args.seeds
     if args.labels_per_class:

@@ -44,6 +44,9 @@ def test_distillation_weights_are_reused_only_for_the_same_teacher_size(tmp_path
     assert transfer.reused([new], "d", "distill", cfg) is None
 
 
-def test_labels_per_class_must_be_positive():
+def test_labels_per_class_must_be_positive_and_seeds_distinct():
     with pytest.raises(SystemExit, match="--labels-per-class must be >= 1"):
         transfer.main(["--labels-per-class", "10", "0"])
+    for option in ("--labels-per-class", "--seeds"):  # a repeat would be pooled as if it were another seed
+        with pytest.raises(SystemExit, match=f"{option} repeats a value"):
+            transfer.main([option, "10", "10"])

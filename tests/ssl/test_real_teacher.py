@@ -116,9 +116,17 @@ def test_wrong_weights_for_the_teacher_spec_are_refused(tmp_path: Path) -> None:
         build_teacher("torchvision/mobilenet_v3_small", weights, image_size=32)
 
 
-def test_a_teacher_from_an_export_is_fed_the_statistics_the_export_recorded(tmp_path: Path) -> None:
+def test_a_teacher_from_an_export_is_fed_the_statistics_the_export_recorded(lite: Backbone, tmp_path: Path) -> None:
     # e.g. a teacher pretrained here on data with its own statistics: distillation feeds it what it was trained on
+    import json
+
     from warmstart.core.checkpoints import export_backbone
+
+    # nothing recorded: the teacher keeps its own statistics (EfficientNet-Lite's 0.5 / 0.5), not a family default
+    save_weights(lite.native_state_dict(), tmp_path / "lite" / "backbone.safetensors")
+    (tmp_path / "lite" / "backbone.json").write_text(json.dumps({"family": "custom", "info": {}}))
+    assert build_teacher("efficientnet_lite0", tmp_path / "lite", image_size=SIZE).normalize == lite.normalize
+    assert lite.normalize["mean"] == [0.5, 0.5, 0.5]
 
     trained = build_backbone("torchvision/resnet18", image_size=32)
     trained.info["normalize"] = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}

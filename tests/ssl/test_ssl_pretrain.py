@@ -103,7 +103,7 @@ def test_a_resume_with_another_teacher_is_refused(folders, tmp_path: Path) -> No
     # "bf16-true" casts the whole module, teacher included, before the first save: the fingerprint is taken
     # before that cast, so the same teacher (rebuilt in fp32) resumes. The default batched views (made in float32
     # from uint8 batches, which Lightning does not cast) follow the module's dtype.
-    half = {**kw, "precision": "bf16-true"}
+    half = {**kw, "precision": "bf16-true", "val_data": folders["val"]}  # the kNN monitor feeds it too
     cut = pretrain(tmp_path / "bf16", folders["data"], seeded_cnn(), teacher=tiny_cnn(24),
                    teacher_weights=teachers[1], callbacks=[StopAfterFirstEpoch()], **half)
     assert cut["epochs_completed"] == 1 and cut["views"] == "batched"
@@ -133,13 +133,33 @@ def test_checkpoints_keep_the_teacher_where_the_strategy_restores_after_setup(tm
         checkpoint = {"state_dict": source.state_dict()}
         source.on_save_checkpoint(checkpoint)
         assert any(".teacher." in k for k in checkpoint["state_dict"]) is kept
-    target = module(1)
-    target.on_load_checkpoint(checkpoint)
-    target.load_state_dict(checkpoint["state_dict"])  # strict: the teacher's tensors are back
-    checkpoint = {"state_dict": source.state_dict()}
-    source.on_save_checkpoint(checkpoint)
-    with pytest.raises(ValueError, match="written with another teacher"):
-        module(2).on_load_checkpoint(checkpoint)
+        target = module(1)
+        target.on_load_checkpoint(checkpoint)
+        target.load_state_dict(checkpoint["state_dict"])  # strict: the teacher's tensors are there
+        with pytest.raises(ValueError, match="written with another teacher"):  # kept or not, it is checked
+            module(2).on_load_checkpoint({"state_dict": dict(checkpoint["state_dict"]),
+                                          "warmstart_external_modules": checkpoint["warmstart_external_modules"]})
+
+
+def test_batched_views_are_drawn_in_float32_under_a_half_precision_default() -> None:
+    # "bf16-true" makes bfloat16 torch's default dtype during the training step; the views' random parameters
+    # must not be drawn at 8 bits there, so the views equal float32's and are only cast for the model
+    from warmstart.pretraining.ssl_module import SSLModule
+
+    module = SSLModule("simclr", backbone=seeded_cnn(), image_size=32, views="batched")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    batch = [images, torch.arange(4)]
+    reference = module.batched_views_of(batch)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        module.to(torch.bfloat16)
+        half = module.batched_views_of(batch)
+    finally:
+        torch.set_default_dtype(previous)
+    assert [v.dtype for v in half] == [torch.bfloat16] * len(reference)
+    for ours, theirs in zip(half, reference, strict=True):
+        assert torch.equal(ours, theirs.to(torch.bfloat16))
 
 
 def test_corrupt_files_are_skipped_and_counted(folders, tmp_path: Path) -> None:

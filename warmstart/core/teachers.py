@@ -88,17 +88,19 @@ def build_teacher(spec: str | nn.Module, weights: str | os.PathLike | None = Non
 
 def _load(net: Backbone, spec: str | nn.Module, weights: str | os.PathLike,
           allow_missing: list[str] | None = None) -> None:
-    from .checkpoints import load_backbone_weights, resolve_weights_path
+    from .checkpoints import export_metadata, load_backbone_weights, resolve_weights_path
 
     path = resolve_weights_path(weights)  # a folder means the export inside it; missing: a named error
     name = spec if isinstance(spec, str) else type(spec).__name__
     try:
-        report = load_backbone_weights(net, path, allow_missing=allow_missing)
+        load_backbone_weights(net, path, allow_missing=allow_missing)
     except ValueError as err:
         raise ValueError(f"teacher weights {Path(path).name} do not fit the teacher {name!r}: {err}") from err
-    if report.normalize is not None and isinstance(net, Backbone):
-        # the inputs the teacher was trained on (an export's recorded statistics), which distillation feeds it
-        net.info["normalize"] = report.normalize
+    recorded = (export_metadata(path).get("info") or {}).get("normalize")
+    if recorded is not None and isinstance(net, Backbone):
+        # the inputs the export recorded it was trained on, which distillation then feeds it; a family default
+        # (nothing recorded) never replaces a teacher's own statistics (EfficientNet-Lite's 0.5 / 0.5)
+        net.info["normalize"] = recorded
 
 
 def _lite_features(model: nn.Module, x: Any) -> Any:

@@ -29,10 +29,13 @@ def embed_loader(backbone: nn.Module, loader: DataLoader, device: torch.device |
     """
     was_training = backbone.training
     backbone.eval()
+    # a "-true" precision casts the backbone (bf16, fp64): float images follow its dtype
+    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), None)
     feats, labels = [], []
     try:
         for images, targets in loader:
-            feats.append(backbone(images.to(device)).float().cpu())
+            images = images.to(device, dtype=dtype) if images.is_floating_point() else images.to(device)
+            feats.append(backbone(images).float().cpu())
             labels.append(torch.as_tensor(targets))
     finally:
         backbone.train(was_training)

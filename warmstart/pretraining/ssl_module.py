@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,15 @@ class SSLModule(L.LightningModule):
             return batch
         images, indices, *shapes = batch
         # The epoch of the batch is the trainer's (the sampler's epoch), restored on resume with the loop state.
-        with torch.no_grad():
+        # "-true" precisions make half precision torch's default dtype during the step: the random parameters and
+        # the views are still drawn in float32 (same views as every other precision), then cast to the backbone's
+        # dtype, since Lightning casts the module but not a uint8 batch.
+        with torch.no_grad(), default_dtype(torch.float32):
             views = self.batched_views(images, indices, epoch=self.current_epoch,
                                        shapes=shapes[0] if shapes else None)
-        # "-true" precisions cast the module but not a uint8 batch: the float32 views follow the module's dtype
-        if self.dtype.is_floating_point and self.dtype != views[0].dtype:
-            views = [v.to(self.dtype) for v in views]
+        dtype = next((p.dtype for p in self.method.backbone.parameters() if p.is_floating_point()), views[0].dtype)
+        if dtype != views[0].dtype:
+            views = [v.to(dtype) for v in views]
         return views
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
@@ -163,33 +167,34 @@ class SSLModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
-        # Fingerprint the external modules here, before the strategy casts the module ("bf16-true" converts the
-        # teacher too): a fingerprint of the cast copy would never match the fp32 teacher a resume rebuilds.
-        if stage == "fit" and self._drops_external_modules():
-            self._fingerprint_external_modules()
+        # Fingerprint the external modules here, before the strategy wraps or casts the module ("bf16-true"
+        # converts the teacher too): a fingerprint of the cast copy would never match the fp32 teacher a resume
+        # rebuilds. Any stage: the first Trainer call on this module is the one that sees it uncast.
+        self._fingerprint_external_modules()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A frozen teacher is rebuilt from its spec and weights on resume: saving it put a second model in every
         # checkpoint (EfficientNet-Lite0: +14 MB per save; a ViT-B teacher: about +340 MB). Its fingerprint stays, so
         # a resume with other teacher weights fails instead of training half a run against each.
         state = checkpoint.get("state_dict")
-        if not isinstance(state, dict) or not self._drops_external_modules():
+        if not isinstance(state, dict):
             return
         fingerprints = self._fingerprint_external_modules()
+        drop = self._drops_external_modules()
         for name in self.method.external_modules:
             prefix = f"method.{name}."
             keys = [k for k in state if k.startswith(prefix)]
-            for key in keys:
-                del state[key]
-            if keys:
+            if keys and name in fingerprints:  # kept or not, the fingerprint is checked on resume
                 checkpoint.setdefault(EXTERNAL_KEY, {})[name] = fingerprints[name]
+            for key in keys if drop else ():
+                del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Put the rebuilt external modules back into the state to restore (strict loading stays on), after
         # checking they are the ones the run was started with. Runs before the strategy casts the module.
         saved = checkpoint.get(EXTERNAL_KEY) or {}
         state = checkpoint.get("state_dict")
-        if not saved or not isinstance(state, dict):
+        if not saved:
             return
         for name in saved:
             if not isinstance(getattr(self.method, name, None), nn.Module):
@@ -203,8 +208,9 @@ class SSLModule(L.LightningModule):
                     f"the checkpoint was written with another {name}: its weights differ from the {name} this run "
                     f"was given. Resume with the same {name} (spec and weights) the run started with, or start "
                     "over (--overwrite)")
-            module = getattr(self.method, name)
-            state.update({f"method.{name}.{k}": v for k, v in module.state_dict().items()})
+            prefix = f"method.{name}."
+            if isinstance(state, dict) and not any(k.startswith(prefix) for k in state):  # left out at save
+                state.update({prefix + k: v for k, v in getattr(self.method, name).state_dict().items()})
 
     def _drops_external_modules(self) -> bool:
         """Whether checkpoints leave the external modules out: not where Lightning restores after the strategy's
@@ -245,6 +251,25 @@ class warmup_cosine:  # noqa: N801 - used like a function; a class so LambdaLR s
             return (step + 1) / (self.warmup + 1)
         progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Make ``dtype`` torch's default floating dtype inside the block (the previous one is restored after).
+
+    Example:
+        >>> with default_dtype(torch.float64):
+        ...     torch.zeros(1).dtype
+        torch.float64
+        >>> torch.zeros(1).dtype
+        torch.float32
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def module_fingerprint(module: nn.Module) -> str:
