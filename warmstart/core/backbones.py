@@ -288,6 +288,18 @@ def declared_channels(net: nn.Module) -> int:
     return int(net.in_channels) if isinstance(net, Backbone) else 3
 
 
+def input_dtype(net: nn.Module, default: torch.dtype | None = None) -> torch.dtype | None:
+    """The floating dtype ``net``'s parameters have (bf16/fp64 after a ``"-true"`` precision cast), else ``default``.
+
+    Float inputs must be cast to it: Lightning casts the module under ``"-true"`` precisions, not every batch.
+
+    Example:
+        >>> input_dtype(nn.Linear(2, 2).bfloat16()), input_dtype(nn.Identity(), torch.float32)
+        (torch.bfloat16, torch.float32)
+    """
+    return next((p.dtype for p in net.parameters() if p.is_floating_point()), default)
+
+
 def _is_hf(module: nn.Module) -> bool:
     return any(c.__name__ == "PreTrainedModel" for c in type(module).__mro__)
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .._optional import require
-from ..core.backbones import IMAGENET_NORMALIZE
+from ..core.backbones import IMAGENET_NORMALIZE, input_dtype
 from ..core.ssl import knn_accuracy
 from .embedding import eval_transform
 
@@ -29,8 +29,7 @@ def embed_loader(backbone: nn.Module, loader: DataLoader, device: torch.device |
     """
     was_training = backbone.training
     backbone.eval()
-    # a "-true" precision casts the backbone (bf16, fp64): float images follow its dtype
-    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), None)
+    dtype = input_dtype(backbone)  # a "-true" precision casts the backbone (bf16, fp64): float images follow it
     feats, labels = [], []
     try:
         for images, targets in loader:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._optional import require
+from ..core.backbones import input_dtype
 from ..core.param_groups import is_no_decay
 from ..core.ssl import Method, get_method
 
@@ -114,7 +115,7 @@ class SSLModule(L.LightningModule):
         with torch.no_grad(), default_dtype(torch.float32):
             views = self.batched_views(images, indices, epoch=self.current_epoch,
                                        shapes=shapes[0] if shapes else None)
-        dtype = next((p.dtype for p in self.method.backbone.parameters() if p.is_floating_point()), views[0].dtype)
+        dtype = input_dtype(self.method.backbone, views[0].dtype)
         if dtype != views[0].dtype:
             views = [v.to(dtype) for v in views]
         return views
