@@ -50,7 +50,7 @@ def write_digits(root: Path, n: int) -> Path:
 def hand_loop(data: Path, epochs: int) -> float:
     """The minimal loop a lightly user writes by hand (``ssl_vs_lightly_train.bare_loop``, with the engine's fused
     optimizer kernel, so the ratio measures the framework, not the optimizer). Returns images/s."""
-    run = bare_loop(data, BATCH, epochs, SIZE, num_workers=0, fused=True)
+    run = bare_loop(data, BATCH, epochs, SIZE, num_workers=0, fused=True, memory_format="auto")
     return run["images"] / run["train_s"]
 
 

@@ -3,7 +3,8 @@
 Runs ``warmstart.pretrain`` (SimCLR, torchvision resnet18, 32 px, batch 64, its CPU defaults) on ``--images``
 digit PNGs for ``--epochs`` epochs with a callback that stamps Lightning's hooks, and times the views and the
 forward + loss by wrapping them. Then, in the same process, the model alone (the ``model_only`` arm of
-``ssl_vs_lightly_train.py``: forward, backward, fused AdamW on one ready-made view tensor) for as many steps.
+``ssl_vs_lightly_train.py``: forward, backward, fused AdamW on one ready-made view tensor, channels_last) for as
+many steps.
 Writes ``benchmarks/results/step_profile.json`` (every step's time kept) and prints its table: per-part medians
 (the first two steps of each are left out: allocation and lazy init) and the epoch-end checkpoints. Numbers vary
 with machine load; run it on a quiet machine, more than once.
@@ -100,6 +101,7 @@ def profile_model_only(steps: int) -> dict[str, list[float]]:
     torch.manual_seed(0)
     backbone, (head, criterion) = _backbone(), _head_and_loss()
     views = torch.randn(128, 3, 32, 32)
+    backbone.to(memory_format=torch.channels_last)  # the model_only arm's layout: what warmstart uses on the CPU
     opt = torch.optim.AdamW([*backbone.parameters(), *head.parameters()], lr=1e-3, weight_decay=1e-4, fused=True)
     parts: dict[str, list[float]] = defaultdict(list)
     for _ in range(steps):

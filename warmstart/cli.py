@@ -113,6 +113,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                    help="where augmented views are made: batched = on the training device, per-image random "
                         "parameters (kornia; --channels images too); pil = per image in the DataLoader (lightly/PIL); "
                         "auto = batched, except with a custom transform or without kornia")
+    p.add_argument("--memory-format", default="auto", choices=("auto", "channels_last", "contiguous"),
+                   help="layout convolutional backbones train in: auto = channels_last on CPU and CUDA (faster "
+                        "convolutions), torch's default elsewhere; contiguous = torch's default")
     p.add_argument("--val-data", default=None, help="labeled folder (one subfolder per class) for kNN accuracy")
     p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
     p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")
@@ -234,6 +237,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, views=args.views, global_batch_size=args.global_batch_size,
         accumulate_grad_batches=args.accumulate_grad_batches, lr_scaling=args.lr_scaling,
         warmup_epochs=args.warmup_epochs, channels=args.channels, logger=args.logger,
+        memory_format=args.memory_format,
         **dict(args.method_options))
     print(json.dumps({k: v for k, v in summary.items() if k != "knn_history"}, indent=2, default=str))
     return 0

@@ -19,12 +19,12 @@ def test_cli_pretrain_then_embed_end_to_end(tmp_path: Path, capsys) -> None:
     code = main(["pretrain", "--data", str(data), "--model", "torchvision/resnet18", "--method", "simclr",
                  "--out", str(out), "--epochs", "1", "--batch-size", "8", "--image-size", "32",
                  "--devices", "1", "--accelerator", "cpu", "--seed", "3", "--lr", "0.002",
-                 "--set", "temperature=0.1", "--no-progress"])
+                 "--set", "temperature=0.1", "--memory-format", "contiguous", "--no-progress"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((out / "summary.json").read_text())
     assert printed["steps"] == summary["steps"] == 2 and summary["model"] == "torchvision/resnet18"
-    assert summary["lr"] == 0.002 and summary["seed"] == 3
+    assert summary["lr"] == 0.002 and summary["seed"] == 3 and summary["memory_format"] == "contiguous"
     assert (out / "exported" / "backbone.safetensors").is_file()
     # the same folder again is refused (exit code 2, one-line reason), --overwrite replaces it
     args = ["pretrain", "--data", str(data), "--model", "torchvision/resnet18", "--out", str(out), "--epochs", "1",

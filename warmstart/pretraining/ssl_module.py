@@ -18,6 +18,7 @@ from .._optional import require
 from ..core.backbones import input_dtype
 from ..core.param_groups import is_no_decay
 from ..core.ssl import Method, get_method
+from .memory_format import apply_memory_format, check_memory_format, match_state_layout, resolve_memory_format
 
 L = require("lightning", "lightning")
 
@@ -37,7 +38,10 @@ class SSLModule(L.LightningModule):
     updated after every optimizer step. Each epoch reseeds the augmentation RNG from ``(seed, epoch, rank)`` so a
     resumed run draws the same augmentations as an uninterrupted one. ``views="batched"`` makes the views of
     ``[images, indices]`` batches on the device; for a backbone built with ``channels=N`` (or with ``channels=N``
-    given here) the images are float32 N-band tensors and the views intensity-only.
+    given here) the images are float32 N-band tensors and the views intensity-only. ``memory_format="auto"``
+    trains convolutional backbones channels_last on the CPU (faster convolutions, ``memory_format.py``) and puts
+    them back in torch's default layout when the Trainer call ends; ``"channels_last"`` on any device,
+    ``"contiguous"`` keeps the default.
 
     Example:
         >>> from torch import nn
@@ -51,7 +55,7 @@ class SSLModule(L.LightningModule):
                  image_size: int = 64, *, lr: float | None = None, weight_decay: float | None = None,
                  warmup_fraction: float = 0.1, optimizer: str = "adamw", seed: int | None = 0,
                  method_kwargs: dict[str, Any] | None = None, views: str = "pil",
-                 channels: int | None = None) -> None:
+                 channels: int | None = None, memory_format: str = "auto") -> None:
         super().__init__()
         if views not in ("pil", "batched"):
             raise ValueError(f"views must be 'pil' or 'batched', got {views!r}")
@@ -80,6 +84,8 @@ class SSLModule(L.LightningModule):
         self.weight_decay = float(weight_decay if weight_decay is not None else self.method.default_weight_decay)
         self.warmup_fraction, self.optimizer_name, self.seed = warmup_fraction, optimizer, seed
         self.views = views
+        self.memory_format = check_memory_format(memory_format)
+        self.resolved_memory_format: str | None = None  # set at setup, once the device is known
         self._external_fingerprints: dict[str, str] = {}
         self.channels = _channels_of(self.method.backbone, channels)
         self.batched_views = None
@@ -163,6 +169,8 @@ class SSLModule(L.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, **fused)
         else:
             optimizer = torch.optim.AdamW(groups, lr=self.lr, **fused)
+        # A resumed state keeps the layout it was saved in; the fused kernels need the parameters' (memory_format.py).
+        optimizer.register_load_state_dict_post_hook(match_state_layout)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(self.total_steps(), self.warmup_fraction))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -172,6 +180,21 @@ class SSLModule(L.LightningModule):
         # converts the teacher too): a fingerprint of the cast copy would never match the fp32 teacher a resume
         # rebuilds. Any stage: the first Trainer call on this module is the one that sees it uncast.
         self._fingerprint_external_modules()
+        device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        self.resolved_memory_format = resolve_memory_format(self.memory_format, self.method, device)
+        if self.resolved_memory_format == "channels_last":
+            apply_memory_format(self.method, "channels_last")
+
+    def teardown(self, stage: str) -> None:
+        self.restore_layout()
+
+    def restore_layout(self) -> None:
+        """Put the method's modules back in torch's default layout if ``setup`` made them channels_last, so a module
+        the caller passed in is theirs again as it came (exports are written contiguous either way). Lightning
+        calls ``teardown`` only when a Trainer call ends normally: after an exception, call this yourself
+        (``pretrain`` does)."""
+        if self.resolved_memory_format == "channels_last":
+            apply_memory_format(self.method, "contiguous")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A frozen teacher is rebuilt from its spec and weights on resume: saving it put a second model in every
