@@ -2,7 +2,8 @@
 
 Same backbone (torchvision resnet18, random init), same lightly SimCLR transform (32 px, warmstart's small-image
 defaults) and NTXent loss, same projection head, batch 32, same images (scikit-learn digits upscaled to 32 px,
-written as PNGs), same optimizer (AdamW, fused on the CPU exactly when SSLModule fuses it), ``num_workers=0``.
+written as PNGs), same optimizer (AdamW, fused on the CPU exactly when SSLModule fuses it), same layout
+(channels_last on the CPU, SSLModule's ``memory_format="auto"``), ``num_workers=0``.
 The hand loop does exactly the math SSLModule does (one backbone pass over both views concatenated), so the
 ratio measures framework overhead only: Lightning's loop, logging (CSV + TensorBoard), the per-epoch checkpoint
 and the LR schedule. Runs are interleaved in one process (ABAB...) so machine load affects both alike; the median
@@ -49,7 +50,7 @@ def write_digits(root: Path, n: int) -> Path:
 
 def hand_loop(data: Path, epochs: int) -> float:
     """The minimal loop a lightly user writes by hand (``ssl_vs_lightly_train.bare_loop``, with the engine's fused
-    optimizer kernel, so the ratio measures the framework, not the optimizer). Returns images/s."""
+    optimizer kernel and layout, so the ratio measures the framework, not those choices). Returns images/s."""
     run = bare_loop(data, BATCH, epochs, SIZE, num_workers=0, fused=True, memory_format="auto")
     return run["images"] / run["train_s"]
 

@@ -114,8 +114,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
                         "parameters (kornia; --channels images too); pil = per image in the DataLoader (lightly/PIL); "
                         "auto = batched, except with a custom transform or without kornia")
     p.add_argument("--memory-format", default="auto", choices=("auto", "channels_last", "contiguous"),
-                   help="layout convolutional backbones train in: auto = channels_last on CPU and CUDA (faster "
-                        "convolutions), torch's default elsewhere; contiguous = torch's default")
+                   help="layout convolutional backbones train in: auto = channels_last for a backbone with two or "
+                        "more Conv2d on the CPU (faster convolutions), torch's default elsewhere (CUDA included); "
+                        "channels_last = on every device; contiguous = torch's default")
     p.add_argument("--val-data", default=None, help="labeled folder (one subfolder per class) for kNN accuracy")
     p.add_argument("--teacher", default=None, help="teacher backbone spec (method distillation)")
     p.add_argument("--teacher-weights", default=None, help="teacher weights file (.safetensors or .pt)")

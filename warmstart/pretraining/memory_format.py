@@ -2,10 +2,10 @@
 
 On the CPU, oneDNN runs convolutions faster on NHWC ("channels_last") tensors. Converting the 4-D weights is
 enough: a convolution whose weight is channels_last returns a channels_last output, so the views need no
-conversion. Measured on 2 CPU cores, torch 2.14.1, fused AdamW (``benchmarks/ssl_vs_lightly_train.py`` times whole
-runs): a resnet18 forward+backward+step on 128 views of 32 px was about 1.2x faster, the EfficientNet-Lite0
-teacher's forward at 64 px about 1.3x. CUDA is left to the user (``"channels_last"``): PyTorch recommends the layout
-with mixed precision on tensor cores, and nothing here measured it.
+conversion. Measured side by side on 2 CPU cores, torch 2.14.1 (``benchmarks/memory_layout.py``, RESULTS.md
+section 12): a resnet18 SimCLR step (fused AdamW) on 2 x 64 views of 32 px 1.17x faster in the median, the
+EfficientNet-Lite0 teacher's forward at 64 px 1.27x. CUDA is left to the user (``"channels_last"``): PyTorch
+recommends the layout with mixed precision on tensor cores, and nothing here measured it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def resolve_memory_format(choice: str, module: nn.Module, device: torch.device |
 
     ``"auto"`` is channels_last on a CPU for a convolutional module (two or more 2-D convolutions: a ViT's single
     patch convolution is left alone, its flatten would copy), else contiguous; the other choices are kept as given.
+    ``SSLModule`` asks this of the student backbone and applies the answer to the whole method (heads, momentum
+    copies, teacher).
 
     Example:
         >>> cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten())

@@ -128,11 +128,11 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
             per-channel mean/std computed from the data replace the family's RGB statistics (recorded in
             ``summary.json`` and ``exported/backbone.json``). Any image with another channel count is an error
             before training. None (default) or 3: the RGB path. See docs/ssl.md.
-        memory_format: the layout convolutional backbones train in. ``"auto"`` (default): channels_last on the
-            CPU, where convolutions run faster in it (resnet18 at 32 px: about 1.2x on 2 CPU cores, see
-            ``warmstart/pretraining/memory_format.py``), torch's default elsewhere; ``"channels_last"``: on every
-            device (CUDA with mixed precision, say); ``"contiguous"``: torch's default everywhere. Exports are the
-            same either way; ``summary["memory_format"]`` records the layout.
+        memory_format: the layout convolutional backbones train in. ``"auto"`` (default): channels_last for a
+            backbone with two or more 2-D convolutions on the CPU, where convolutions run faster in it (see
+            ``warmstart/pretraining/memory_format.py`` and ``benchmarks/memory_layout.py``), torch's default
+            elsewhere; ``"channels_last"``: on every device (CUDA with mixed precision, say); ``"contiguous"``:
+            torch's default everywhere. Exports are the same either way; ``summary["memory_format"]`` records it.
         method_kwargs: method options, e.g. ``temperature=0.1`` (see ``warmstart.core.ssl.method_options``).
 
     Returns:
@@ -537,7 +537,7 @@ def _summary(trainer: L.Trainer, module: SSLModule, datamodule: SSLDataModule, t
         "cache": dict(datamodule.cache_info or {"mode": "off"}),
         # the parent of a spawned run (ddp_spawn) never ran setup: the layout its processes resolved to
         "memory_format": module.resolved_memory_format or resolve_memory_format(
-            module.memory_format, module.method, trainer.strategy.root_device),
+            module.memory_format, module.method.backbone, trainer.strategy.root_device),
         "checkpoint": str(Path(info["out"]) / "checkpoints" / "last.ckpt"),
         "status": "completed",
     }

@@ -40,8 +40,8 @@ class SSLModule(L.LightningModule):
     ``[images, indices]`` batches on the device; for a backbone built with ``channels=N`` (or with ``channels=N``
     given here) the images are float32 N-band tensors and the views intensity-only. ``memory_format="auto"``
     trains convolutional backbones channels_last on the CPU (faster convolutions, ``memory_format.py``) and puts
-    them back in torch's default layout when the Trainer call ends; ``"channels_last"`` on any device,
-    ``"contiguous"`` keeps the default.
+    them back in torch's default layout when the Trainer call ends normally (after an exception: call
+    ``restore_layout()``); ``"channels_last"`` on any device, ``"contiguous"`` keeps the default.
 
     Example:
         >>> from torch import nn
@@ -181,7 +181,8 @@ class SSLModule(L.LightningModule):
         # rebuilds. Any stage: the first Trainer call on this module is the one that sees it uncast.
         self._fingerprint_external_modules()
         device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        self.resolved_memory_format = resolve_memory_format(self.memory_format, self.method, device)
+        # decided by the student backbone: a ViT's momentum copy (DINO, BYOL) must not make two patch convolutions
+        self.resolved_memory_format = resolve_memory_format(self.memory_format, self.method.backbone, device)
         if self.resolved_memory_format == "channels_last":
             apply_memory_format(self.method, "channels_last")
 
@@ -189,9 +190,9 @@ class SSLModule(L.LightningModule):
         self.restore_layout()
 
     def restore_layout(self) -> None:
-        """Put the method's modules back in torch's default layout if ``setup`` made them channels_last, so a module
-        the caller passed in is theirs again as it came (exports are written contiguous either way). Lightning
-        calls ``teardown`` only when a Trainer call ends normally: after an exception, call this yourself
+        """Put the method's modules in torch's default layout if ``setup`` made them channels_last, so a module the
+        caller passed in leaves training in the default layout (exports are written contiguous either way).
+        Lightning calls ``teardown`` only when a Trainer call ends normally: after an exception, call this yourself
         (``pretrain`` does)."""
         if self.resolved_memory_format == "channels_last":
             apply_memory_format(self.method, "contiguous")
