@@ -23,6 +23,8 @@ worker start-up and epoch-end checkpoints count). Ratios are per round, then med
     python benchmarks/ssl_vs_lightly_train.py              # 3 rounds, 2048 digits PNGs, batch 64, 2 epochs
     python benchmarks/ssl_vs_lightly_train.py --quick      # smoke run (tiny; JSON to a temp folder)
     python benchmarks/ssl_vs_lightly_train.py --images 512 --name ssl_vs_lightly_train_512   # 8 steps per epoch
+    python benchmarks/ssl_vs_lightly_train.py --arms warmstart,lightly_train,warmstart_contiguous \
+        --name ssl_layout_whole_run      # the channels_last layout's effect on whole warmstart runs
 
 The LightlyTrain venv (``.venv-lightly-train``) is created on first use; files identical to the project venv's
 (its torch build) are hard-linked, leaving ~1 GB of its own. Writes ``benchmarks/results/<--name>.json``
@@ -49,8 +51,11 @@ sys.path.insert(0, str(HERE))
 from results_io import Recorder, spread  # noqa: E402
 
 ARMS = ("warmstart", "lightly_train", "bare_loop", "model_only")
+# Not run by default (--arms): warmstart in torch's default layout, for the layout's effect on a whole run.
+OPTIONAL_ARMS = ("warmstart_contiguous",)
 LABELS = {"warmstart": "warmstart", "lightly_train": "LightlyTrain", "bare_loop": "bare torch+lightly loop",
-          "model_only": "model only (no data path)"}
+          "model_only": "model only (no data path)",
+          "warmstart_contiguous": "warmstart, default layout (--memory-format contiguous)"}
 # Goals of issue 12 for warmstart's training images/s relative to each arm.
 GOALS = {"lightly_train": 1.2, "bare_loop": 0.95, "model_only": 0.8}
 MODEL, METHOD = "torchvision/resnet18", "simclr"
@@ -210,12 +215,14 @@ def _run_arm(arm: str, data: Path, out: Path, cfg: dict, lt_python: Path | None)
             method_args={"hidden_dim": HEAD[1], "output_dim": HEAD[2], "temperature": TEMPERATURE})
         return {"wall_s": res["wall_s"], "train_s": res["train_s"], "images": res["images"],
                 "images_per_s": res["images_per_s"]}
-    if arm == "warmstart":
+    if arm in ("warmstart", "warmstart_contiguous"):
         cli = Path(sys.executable).parent / "warmstart"
         cmd = [str(cli), "pretrain", "--data", str(data), "--model", MODEL, "--method", METHOD,
                "--out", str(out / "run"), "--epochs", str(epochs), "--batch-size", str(batch),
                "--image-size", str(size), "--accelerator", "cpu",
                "--devices", "1", "--seed", "0", "--no-progress", "--overwrite"]
+        if arm == "warmstart_contiguous":
+            cmd += ["--memory-format", "contiguous"]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, "--data", str(data),
                "--child-out", str(out / "result.json"), "--batch-size", str(batch), "--epochs", str(epochs),
@@ -228,7 +235,7 @@ def _run_arm(arm: str, data: Path, out: Path, cfg: dict, lt_python: Path | None)
     if done.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"arm {arm} failed (exit {done.returncode}), log {log}:\n{tail}")
-    if arm == "warmstart":
+    if arm in ("warmstart", "warmstart_contiguous"):
         summary = json.loads((out / "run" / "summary.json").read_text())
         return {"wall_s": wall, "train_s": summary["train_time_s"], "images": summary["images_seen"],
                 "images_per_s": summary["images_per_s"], "data_wait_fraction": summary["data_wait_fraction"],
@@ -312,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=1,
                         help="DataLoader workers of the LightlyTrain and bare-loop arms (warmstart: its default)")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help=f"comma-separated subset of {','.join(ARMS + OPTIONAL_ARMS)} (the last: not by default)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run; the JSON goes to a temp folder")
     parser.add_argument("--name", default="ssl_vs_lightly_train",
                         help="results file stem (benchmarks/results/<name>.json), e.g. for a second size")
@@ -332,9 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.rounds, args.images, args.batch_size, args.epochs = 1, 64, 16, 1
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
-    unknown = sorted(set(arms) - set(ARMS))
+    unknown = sorted(set(arms) - set(ARMS + OPTIONAL_ARMS))
     if unknown or "warmstart" not in arms:
-        parser.error(f"--arms must include warmstart and only {', '.join(ARMS)}; got {args.arms!r}")
+        parser.error(f"--arms must include warmstart and only {', '.join(ARMS + OPTIONAL_ARMS)}; got {args.arms!r}")
     if args.images < args.batch_size:
         parser.error(f"--images ({args.images}) must be at least --batch-size ({args.batch_size})")
     config = {"model": MODEL, "method": METHOD, "images": args.images, "data": "sklearn digits upscaled (PNG)",

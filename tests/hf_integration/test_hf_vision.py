@@ -102,3 +102,19 @@ def test_an_export_with_its_own_input_statistics_is_logged_and_reported(tmp_path
         report = load_pretrained_backbone(transformers.ViTForImageClassification(tiny_vit_config()), tmp_path)
     assert report.normalize == stats  # an image processor's ImageNet mean/std would be wrong for this export
     assert "mean=[0.2, 0.3, 0.4], std=[0.5, 0.5, 0.5]" in caplog.text
+
+
+def test_the_statistics_warning_is_logged_by_the_first_process_only(tmp_path, caplog, monkeypatch):
+    # Under torchrun every process loads the backbone: the other ranks report the statistics but stay quiet.
+    import json
+
+    _, path = _vit_export(tmp_path)
+    stats = {"mean": [0.2, 0.3, 0.4], "std": [0.5, 0.5, 0.5]}
+    (tmp_path / "backbone.json").write_text(json.dumps({"family": "hf", "info": {"normalize": stats}}))
+    for rank, logged in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="warmstart.hf_integration.vision"):
+            report = load_pretrained_backbone(transformers.ViTForImageClassification(tiny_vit_config()), tmp_path)
+        assert report.normalize == stats
+        assert ("mean=[0.2, 0.3, 0.4]" in caplog.text) == logged, rank

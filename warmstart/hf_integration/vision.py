@@ -108,7 +108,7 @@ def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_m
         ...                     tempfile.mkdtemp() + "/backbone.safetensors")
         >>> report = load_pretrained_backbone(transformers.ViTForImageClassification(cfg), path)
     """
-    from warmstart.core import checkpoints  # pure torch + safetensors
+    from warmstart.core import checkpoints, processes  # pure torch + safetensors
 
     path = checkpoints.resolve_weights_path(path)  # missing: a FileNotFoundError (and ValueError) naming it
     try:
@@ -121,7 +121,9 @@ def load_pretrained_backbone(model: nn.Module, path: str | os.PathLike, *, min_m
         # The layout is the real cause; the loader's own message (often a spurious shape clash between two
         # unrelated tensors that happen to share a name suffix) is detail.
         raise ValueError(f"{hint}\n(loader: {err})") from err
-    if note := report.normalize_warning():  # an image processor's ImageNet mean/std would be wrong for it
+    # An image processor's ImageNet mean/std would be wrong for this export: said once per run, by the first process
+    # (under torchrun every process loads the backbone).
+    if (note := report.normalize_warning()) and not processes.is_launched_child():
         log.warning("%s: %s", path, note)
     return report
 

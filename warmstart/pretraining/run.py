@@ -390,7 +390,9 @@ def _resolve_views(views: str, transform: Callable | None) -> str:
 def _is_launched_child() -> bool:
     # Lightning's DDP launcher re-runs the user's script in child processes with LOCAL_RANK/NODE_RANK set (torchrun
     # and SLURM set RANK too): only the first process may check or clean the output folder.
-    return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+    from ..core.processes import is_launched_child
+
+    return is_launched_child()
 
 
 def _check_out(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
