@@ -14,6 +14,8 @@ the image, colour jitter x0.5, no blur) and the same projection head (512-512-12
 - ``model_only``: forward + backward + optimizer step (fused AdamW, channels_last convolutions: what warmstart
   uses on the CPU) of the same backbone and head on ready-made view tensors, no data path at all: the limit any
   pipeline can reach on this machine.
+- ``warmstart_contiguous`` (only with ``--arms``): the ``warmstart`` arm with ``--memory-format contiguous``, for
+  the layout's effect on a whole run.
 
 Each arm is its own process; one round runs every arm once, the order rotating from round to round so machine
 load falls on all arms alike. Two numbers per run: the process wall clock (start-up, data scan, training, export)

@@ -118,3 +118,4 @@ def test_the_statistics_warning_is_logged_by_the_first_process_only(tmp_path, ca
             report = load_pretrained_backbone(transformers.ViTForImageClassification(tiny_vit_config()), tmp_path)
         assert report.normalize == stats
         assert ("mean=[0.2, 0.3, 0.4]" in caplog.text) == logged, rank
+

@@ -389,7 +389,7 @@ def _resolve_views(views: str, transform: Callable | None) -> str:
 
 def _is_launched_child() -> bool:
     # Lightning's DDP launcher re-runs the user's script in child processes with LOCAL_RANK/NODE_RANK set (torchrun
-    # and SLURM set RANK too): only the first process may check or clean the output folder.
+    # sets RANK too): only the first process may check or clean the output folder.
     from ..core.processes import is_launched_child
 
     return is_launched_child()
