@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -38,6 +39,13 @@ def digit_folder(root: Path, n: int = 48, labeled: bool = False, offset: int = 0
 
     images, labels = digits(n, offset=offset)
     return write_image_folder(images, labels if labeled else None, root)
+
+
+class StopAfterFirstEpoch(L.Callback):
+    """Simulates an interrupted run: stops after epoch 0, when last.ckpt has just been written."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
-from ssl_helpers import digit_folder, one_thread, tiny_cnn  # noqa: F401 (one_thread: autouse fixture)
+from ssl_helpers import StopAfterFirstEpoch, digit_folder, one_thread, tiny_cnn  # noqa: F401 (one_thread: autouse fixture)
 from torch import nn
 
 from warmstart.pretraining import pretrain
@@ -102,11 +102,6 @@ def test_models_that_stay_contiguous_and_a_bad_value(data, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="memory_format must be one of auto, channels_last, contiguous"):
         pretrain(tmp_path / "bad", data, seeded(), method="simclr", memory_format="nhwc", **RUN)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
-
-
-class StopAfterFirstEpoch(L.Callback):
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        trainer.should_stop = True
 
 
 class RecordStateLayout(L.Callback):

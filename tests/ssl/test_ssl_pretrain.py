@@ -7,11 +7,10 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
-from ssl_helpers import digit_folder, digits, one_thread, tiny_cnn  # noqa: F401 (one_thread: autouse fixture)
+from ssl_helpers import StopAfterFirstEpoch, digit_folder, digits, one_thread, tiny_cnn  # noqa: F401 (one_thread: autouse fixture)
 from torch import nn
 
 from warmstart.core.checkpoints import save_weights
@@ -51,13 +50,6 @@ def test_pretrain_writes_all_outputs_and_logs_knn(folders, tmp_path: Path) -> No
     native = tiny_cnn()
     native.load_state_dict(load_file(out / "exported" / "backbone.safetensors"))
     native.load_state_dict(torch.load(out / "exported" / "backbone.pt", weights_only=True))
-
-
-class StopAfterFirstEpoch(L.Callback):
-    """Simulates an interrupted run: stops after epoch 0, when last.ckpt has just been written."""
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        trainer.should_stop = True
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(folders, tmp_path: Path) -> None:

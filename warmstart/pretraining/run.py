@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .._optional import require
+from ..core.processes import is_launched_child
 from ..core.run_manifest import MANIFEST_NAME, RunManifest, remove_previous_run
 from ..core.ssl import METHODS, get_method
 from .checkpoint_io import LocalCheckpointIO
@@ -149,7 +150,9 @@ def pretrain(out: str | Path, data: str | Path | Sequence | Dataset, model: str 
     """
     wall_start = time.perf_counter()
     out = Path(out)
-    launched_child = _is_launched_child()
+    # Lightning's DDP launcher re-runs the user's script in child processes (LOCAL_RANK/NODE_RANK set; torchrun sets
+    # RANK too): only the first process may check or clean the output folder.
+    launched_child = is_launched_child()
     # ---- validate everything before any training starts -------------------------------------------------------
     if str(method).lower() not in METHODS:
         raise ValueError(f"unknown SSL method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
@@ -385,14 +388,6 @@ def _resolve_views(views: str, transform: Callable | None) -> str:
     except ImportError:
         return "pil"  # the batched path needs kornia; without the extra, auto keeps working on the PIL path
     return "batched"
-
-
-def _is_launched_child() -> bool:
-    # Lightning's DDP launcher re-runs the user's script in child processes with LOCAL_RANK/NODE_RANK set (torchrun
-    # sets RANK too): only the first process may check or clean the output folder.
-    from ..core.processes import is_launched_child
-
-    return is_launched_child()
 
 
 def _check_out(out: Path, checkpoint: Path, *, resume: bool, overwrite: bool) -> None:
