@@ -34,7 +34,7 @@ set that installs offline (``scripts/install_benchmark_data.sh``; see benchmarks
 
 Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--labels-per-class 10 50]
        [--arms scratch ssl distill lightly_train] [--datasets fashion5k digits mnist5k]
-       [--finetune-augment none|shift] [--teacher-image-size 64] [--name RESULTS_STEM]
+       [--finetune-augment none|shift] [--teacher-image-size 64] [--unlabeled-extra N] [--name RESULTS_STEM]
 """
 
 from __future__ import annotations
@@ -144,15 +144,42 @@ def _mnist5k(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fashion5k(size: int, per_class: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    pixels, labels = _fashion_mnist_train()
+    keep = labeled_subset(np.arange(len(labels)), labels, per_class, seed=0)
+    return _grey_to_rgb(pixels[keep], size), labels[keep]
+
+
+def _fashion_mnist_train() -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's 60,000 training images (uint8 ``(N, 28, 28)``) and labels, from Debian's package."""
     images_gz, labels_gz = (FASHION_MNIST_DIR / f"train-{kind}-idx{dims}-ubyte.gz"
                             for kind, dims in (("images", 3), ("labels", 1)))
     if not (images_gz.is_file() and labels_gz.is_file()):
         raise FileNotFoundError(f"dataset 'fashion5k' reads Fashion-MNIST from {FASHION_MNIST_DIR}, which Debian's "
                                 "package installs: apt-get install dataset-fashion-mnist "
                                 "(or bash scripts/install_benchmark_data.sh)")
-    pixels, labels = read_idx(images_gz), read_idx(labels_gz).astype(np.int64)
-    keep = labeled_subset(np.arange(len(labels)), labels, per_class, seed=0)
-    return _grey_to_rgb(pixels[keep], size), labels[keep]
+    return read_idx(images_gz), read_idx(labels_gz).astype(np.int64)
+
+
+def extra_unlabeled(dataset: str, count: int, size: int) -> np.ndarray:
+    """``count`` more unlabeled images of ``dataset`` for the pretraining pool, never among its 5,000 images.
+
+    Only ``fashion5k`` has more (Fashion-MNIST's other 55,000 training images, drawn with seed 1): the scenario of
+    plentiful unlabeled images and few labels. Neither its test split nor its labeled subsets can contain them.
+
+    Example:
+        >>> extra_unlabeled("digits", 0, 32).shape
+        (0, 32, 32, 3)
+    """
+    if count == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    if dataset != "fashion5k":
+        raise ValueError(f"only fashion5k has images beyond its table's set; {dataset!r} has none to add")
+    pixels, labels = _fashion_mnist_train()
+    used = labeled_subset(np.arange(len(labels)), labels, 500, seed=0)  # the 5,000 of the table (see _fashion5k)
+    rest = np.setdiff1d(np.arange(len(labels)), used)
+    if count > len(rest):
+        raise ValueError(f"--unlabeled-extra {count}: Fashion-MNIST has {len(rest)} images beyond the table's 5,000")
+    return _grey_to_rgb(pixels[np.sort(np.random.default_rng(1).permutation(rest)[:count])], size)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -292,6 +319,7 @@ def reused(records: list[dict], dataset: str, arm: str, cfg: dict) -> dict | Non
         same = (record["dataset"], record["arm"], record.get("epochs")) == (dataset, arm, cfg["epochs"][dataset][arm])
         if arm == "distill":
             same = same and record.get("teacher_image_size", EARLIER_TEACHER_PX) == cfg["teacher_image_size"]
+        same = same and record.get("unlabeled_extra", 0) == cfg.get("unlabeled_extra", 0)
         if same and record.get("status") == "ok" and record.get("weights") and Path(record["weights"]).is_file():
             found = {k: v for k, v in record.items() if k not in ("dataset", "arm")}
             return {**found, "reused_from": str(Path(record["weights"]).parents[0])}
@@ -457,6 +485,8 @@ def summarize(runs: list[dict], config: dict) -> dict:
     augment = config.get("finetune_augment", "none")  # results written before the option existed: none
     shifted = (f"every fine-tune with up to {config.get('finetune_shift_px')} px shifts; " if augment == "shift"
                else "")
+    extra = config.get("unlabeled_extra", 0)
+    scaled += f"pretraining pool with {extra:,} more unlabeled images, same images seen, " if extra else ""
     teacher_px = config.get("teacher_image_size", EARLIER_TEACHER_PX)
     teacher = f"distillation teacher at {teacher_px} px; " if teacher_px != EARLIER_TEACHER_PX else ""
     title = (f"Transfer at a fixed pretraining budget ({scaled}resnet18, {config.get('image_size')} px; {teacher}"
@@ -486,6 +516,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-image-size", type=int,
                         help="pixels the distillation teacher sees (default 64; student views are upsampled)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
+    parser.add_argument("--unlabeled-extra", type=int, default=0, metavar="N",
+                        help="fashion5k only: N more Fashion-MNIST images (not among its 5,000) in the pretraining "
+                             "pool; every arm's epochs shrink so the images seen stay the same")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
     parser.add_argument("--candidate-arm", choices=ARMS[1:], default="distill",
@@ -531,6 +564,15 @@ def main(argv: list[str] | None = None) -> None:
         cfg["budget_scale"] = args.budget_scale
     if args.datasets:
         cfg["datasets"] = args.datasets
+    if args.unlabeled_extra:
+        if args.unlabeled_extra < 0 or cfg["datasets"] != ["fashion5k"]:
+            raise SystemExit("--unlabeled-extra N needs N >= 0 and --datasets fashion5k (the one set with more)")
+        # the same number of images seen: every arm's epochs shrink by the pool's growth
+        pool_size = len(split(load_dataset("fashion5k", 8)[1], cfg["test_fraction"], cfg["max_pool_images"])[0])
+        shrink = pool_size / (pool_size + args.unlabeled_extra)
+        cfg["epochs"] = {d: {a: max(1, round(e * shrink)) for a, e in arms.items()}
+                         for d, arms in cfg["epochs"].items()}
+        cfg["unlabeled_extra"] = args.unlabeled_extra
     cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,
                candidates=cfg["candidates"] and not args.no_candidates, candidate_arm=args.candidate_arm,
                torch_threads=torch.get_num_threads())
@@ -547,12 +589,15 @@ def main(argv: list[str] | None = None) -> None:
         images, labels = load_dataset(dataset, cfg["image_size"])
         pool, test = split(labels, cfg["test_fraction"], cfg["max_pool_images"])
         test = labeled_subset(test, labels, cfg["test_per_class"], seed=0)  # fixed for every arm and seed
-        folder = write_image_folder(images[pool], None, work / dataset / "unlabeled")
+        unlabeled = np.concatenate([images[pool], extra_unlabeled(dataset, cfg.get("unlabeled_extra", 0),
+                                                                   cfg["image_size"])])
+        folder = write_image_folder(unlabeled, None, work / dataset / "unlabeled")
         x_all, y_all = to_tensor(images), torch.from_numpy(labels)
         weights: dict[str, str | None] = {}
         for arm in cfg["arms"]:  # one pretraining per arm and dataset, arms in a fixed order
             res = reused(reusable, dataset, arm, cfg) or pretrain_arm(arm, dataset, folder, work / dataset, cfg)
-            pretrained.append({"dataset": dataset, "arm": arm, **res})
+            extra = {"unlabeled_extra": cfg["unlabeled_extra"]} if cfg.get("unlabeled_extra") else {}
+            pretrained.append({"dataset": dataset, "arm": arm, **res, **extra})
             write_json(work / "pretraining.json", pretrained)
             res = dict(res)
             weights[arm] = res.pop("weights") if res["status"] == "ok" else None

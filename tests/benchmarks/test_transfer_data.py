@@ -77,3 +77,30 @@ def test_fashion5k_is_500_real_product_photos_per_class() -> None:
     assert ((images > 40) & (images < 215)).mean() > 0.25  # MNIST-5k: 0.11
     means = np.stack([images[labels == c].mean(0) for c in range(10)])
     assert np.abs(means[1] - means[8]).mean() > 10  # trousers vs bags
+
+
+def test_extra_unlabeled_images_are_never_among_the_tables_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 600 images per class: the table keeps 500 of each, 1,000 are left for --unlabeled-extra
+    labels = np.repeat(np.arange(10), 600)[np.random.default_rng(2).permutation(6000)]
+    index = np.arange(6000)
+    pixels = np.zeros((6000, 28, 28), np.uint8)
+    pixels[:, :14], pixels[:, 14:] = (index // 256)[:, None, None], (index % 256)[:, None, None]  # the id, drawn
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", pixels)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    monkeypatch.setattr(transfer, "FASHION_MNIST_DIR", tmp_path)
+
+    def ids(images: np.ndarray) -> set[int]:
+        return {int(a) * 256 + int(b) for a, b in zip(images[:, 0, 0, 0], images[:, 27, 0, 0])}
+
+    table = ids(transfer.load_dataset("fashion5k", 28)[0])
+    extra = transfer.extra_unlabeled("fashion5k", 900, 28)
+    assert extra.shape == (900, 28, 28, 3) and len(table) == 5000
+    assert len(ids(extra)) == 900 and not ids(extra) & table  # distinct, and none is a test or labeled image
+    assert np.array_equal(extra, transfer.extra_unlabeled("fashion5k", 900, 28))  # seeded
+    with pytest.raises(ValueError, match="has 1000 images beyond"):
+        transfer.extra_unlabeled("fashion5k", 1001, 28)
+    with pytest.raises(ValueError, match="only fashion5k"):
+        transfer.extra_unlabeled("digits", 10, 28)
+    with pytest.raises(SystemExit, match="--datasets fashion5k"):
+        transfer.main(["--unlabeled-extra", "10", "--datasets", "digits"])
