@@ -69,6 +69,16 @@ def test_embed_errors(tmp_path):
         embed(root, "torchvision/resnet18", batch_size=0)
 
 
+def test_embed_without_model_names_a_damaged_backbone_json(tmp_path):
+    # The export's backbone.json is the only source of the spec when model is omitted: a damaged one is named,
+    # not a raw JSONDecodeError.
+    root = write_image_folder(np.zeros((1, 8, 8), np.uint8), None, tmp_path / "one")
+    export_backbone(build_backbone("torchvision/resnet18", image_size=32), tmp_path / "exported")
+    (tmp_path / "exported" / "backbone.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"model is required.*backbone.json names no spec.*damaged"):
+        embed(root, None, weights=tmp_path / "exported", image_size=32, progress=False)
+
+
 def test_package_attribute_is_the_function_and_old_module_still_callable():
     import importlib
     import sys

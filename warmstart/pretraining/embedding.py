@@ -10,7 +10,6 @@ array; row ``i`` of ``embeddings.npy`` belongs to line ``i`` of ``files.txt``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,13 +146,15 @@ def _backbone(model: str | nn.Module | None, weights: str | Path | None, image_s
     # Resolve the weights first: a missing or empty folder is the real problem, not the omitted model.
     weights_file = resolve_weights_path(weights) if weights is not None else None
     if model is None:
-        meta = weights_file.parent / "backbone.json" if weights_file is not None else None
-        if meta is None or not meta.is_file():
-            raise ValueError("model is required: a spec like 'torchvision/resnet18' or a model object "
-                             "(it can be omitted only when weights is an export with backbone.json next to it).")
-        spec = json.loads(meta.read_text()).get("spec")
+        # export_metadata is the one reader of backbone.json (a damaged file reads as none, as everywhere else)
+        spec = export_metadata(weights_file).get("spec") if weights_file is not None else None
         if not spec:
-            raise ValueError(f"{meta} names no spec (the backbone was a custom module); pass model= explicitly.")
+            meta = weights_file.parent / "backbone.json" if weights_file is not None else None
+            why = ("no weights were given" if meta is None
+                   else f"{meta} names no spec (a custom module, or the file is damaged)" if meta.is_file()
+                   else "there is no export's backbone.json next to the weights")
+            raise ValueError(f"model is required: a spec like 'torchvision/resnet18' or a model object ({why}; "
+                             "it can be omitted only when weights is a warmstart export).")
         model = spec
     if channels is not None:
         backbone = build_backbone(model, image_size=image_size, channels=channels)

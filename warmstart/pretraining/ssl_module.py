@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import math
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,9 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def module_fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's state: every tensor's name, dtype, shape and bytes, in state-dict order.
 
@@ -309,7 +313,9 @@ def module_fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         if not isinstance(tensor, Tensor):  # a module's non-tensor ``_extra_state``
-            digest.update(f"{name}={tensor!r};".encode())
+            # its repr without the memory address a default repr holds: that differs between processes, and a
+            # resume compares fingerprints across them (every other repr, and so older fingerprints, unchanged)
+            digest.update(f"{name}={_MEMORY_ADDRESS.sub('', repr(tensor))};".encode())
             continue
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
