@@ -143,7 +143,10 @@ def _mnist5k(size: int) -> tuple[np.ndarray, np.ndarray]:
     return _grey_to_rgb(pixels, size), labels
 
 
-def _fashion5k(size: int, per_class: int = 500) -> tuple[np.ndarray, np.ndarray]:
+FASHION_PER_CLASS = 500  # images per class of the table's Fashion-MNIST-5k
+
+
+def _fashion5k(size: int, per_class: int = FASHION_PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
     pixels, labels = _fashion_mnist_train()
     keep = labeled_subset(np.arange(len(labels)), labels, per_class, seed=0)
     return _grey_to_rgb(pixels[keep], size), labels[keep]
@@ -175,7 +178,7 @@ def extra_unlabeled(dataset: str, count: int, size: int) -> np.ndarray:
     if dataset != "fashion5k":
         raise ValueError(f"only fashion5k has images beyond its table's set; {dataset!r} has none to add")
     pixels, labels = _fashion_mnist_train()
-    used = labeled_subset(np.arange(len(labels)), labels, 500, seed=0)  # the 5,000 of the table (see _fashion5k)
+    used = labeled_subset(np.arange(len(labels)), labels, FASHION_PER_CLASS, seed=0)  # as _fashion5k draws them
     rest = np.setdiff1d(np.arange(len(labels)), used)
     if count > len(rest):
         raise ValueError(f"--unlabeled-extra {count}: Fashion-MNIST has {len(rest)} images beyond the table's 5,000")
@@ -486,7 +489,8 @@ def summarize(runs: list[dict], config: dict) -> dict:
     shifted = (f"every fine-tune with up to {config.get('finetune_shift_px')} px shifts; " if augment == "shift"
                else "")
     extra = config.get("unlabeled_extra", 0)
-    scaled += f"pretraining pool with {extra:,} more unlabeled images, same images seen, " if extra else ""
+    scaled += (f"pretraining pool with {extra:,} more unlabeled images, epochs cut by the pool's growth (rounded, "
+               f"at least 1), " if extra else "")
     teacher_px = config.get("teacher_image_size", EARLIER_TEACHER_PX)
     teacher = f"distillation teacher at {teacher_px} px; " if teacher_px != EARLIER_TEACHER_PX else ""
     title = (f"Transfer at a fixed pretraining budget ({scaled}resnet18, {config.get('image_size')} px; {teacher}"
@@ -518,7 +522,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
     parser.add_argument("--unlabeled-extra", type=int, default=0, metavar="N",
                         help="fashion5k only: N more Fashion-MNIST images (not among its 5,000) in the pretraining "
-                             "pool; every arm's epochs shrink so the images seen stay the same")
+                             "pool; every arm's epochs shrink by the pool's growth (rounded, at least 1), so the "
+                             "images seen stay about the same")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
     parser.add_argument("--candidate-arm", choices=ARMS[1:], default="distill",
@@ -567,11 +572,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.unlabeled_extra:
         if args.unlabeled_extra < 0 or cfg["datasets"] != ["fashion5k"]:
             raise SystemExit("--unlabeled-extra N needs N >= 0 and --datasets fashion5k (the one set with more)")
-        # the same number of images seen: every arm's epochs shrink by the pool's growth
+        # about the same number of images seen: each arm's epochs shrink by the pool's growth; rounding (and the
+        # floor of 1 epoch) can move an arm's images seen, so the table shows every arm's epochs
         pool_size = len(split(load_dataset("fashion5k", 8)[1], cfg["test_fraction"], cfg["max_pool_images"])[0])
         shrink = pool_size / (pool_size + args.unlabeled_extra)
-        cfg["epochs"] = {d: {a: max(1, round(e * shrink)) for a, e in arms.items()}
-                         for d, arms in cfg["epochs"].items()}
+        cfg["epochs"] = {**cfg["epochs"], "fashion5k": {a: max(1, round(e * shrink))
+                                                         for a, e in cfg["epochs"]["fashion5k"].items()}}
         cfg["unlabeled_extra"] = args.unlabeled_extra
     cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,
                candidates=cfg["candidates"] and not args.no_candidates, candidate_arm=args.candidate_arm,
