@@ -572,13 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.unlabeled_extra:
         if args.unlabeled_extra < 0 or cfg["datasets"] != ["fashion5k"]:
             raise SystemExit("--unlabeled-extra N needs N >= 0 and --datasets fashion5k (the one set with more)")
-        # about the same number of images seen: each arm's epochs shrink by the pool's growth; rounding (and the
-        # floor of 1 epoch) can move an arm's images seen, so the table shows every arm's epochs
-        pool_size = len(split(load_dataset("fashion5k", 8)[1], cfg["test_fraction"], cfg["max_pool_images"])[0])
-        shrink = pool_size / (pool_size + args.unlabeled_extra)
-        cfg["epochs"] = {**cfg["epochs"], "fashion5k": {a: max(1, round(e * shrink))
-                                                         for a, e in cfg["epochs"]["fashion5k"].items()}}
-        cfg["unlabeled_extra"] = args.unlabeled_extra
+        cfg["unlabeled_extra"] = args.unlabeled_extra  # the epochs shrink below, once the pool is known
     cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,
                candidates=cfg["candidates"] and not args.no_candidates, candidate_arm=args.candidate_arm,
                torch_threads=torch.get_num_threads())
@@ -595,8 +589,15 @@ def main(argv: list[str] | None = None) -> None:
         images, labels = load_dataset(dataset, cfg["image_size"])
         pool, test = split(labels, cfg["test_fraction"], cfg["max_pool_images"])
         test = labeled_subset(test, labels, cfg["test_per_class"], seed=0)  # fixed for every arm and seed
-        unlabeled = np.concatenate([images[pool], extra_unlabeled(dataset, cfg.get("unlabeled_extra", 0),
-                                                                   cfg["image_size"])])
+        extra_images = extra_unlabeled(dataset, cfg.get("unlabeled_extra", 0), cfg["image_size"])
+        if len(extra_images):
+            # about the same number of images seen: each arm's epochs shrink by the pool's growth; rounding (and the
+            # floor of 1 epoch) can move an arm's images seen, so the table shows every arm's epochs. A new dict:
+            # cfg["epochs"] is FULL's own. Set before anything is recorded, so the JSON's config holds these epochs.
+            shrink = len(pool) / (len(pool) + len(extra_images))
+            cfg["epochs"] = {**cfg["epochs"], dataset: {a: max(1, round(e * shrink))
+                                                        for a, e in cfg["epochs"][dataset].items()}}
+        unlabeled = np.concatenate([images[pool], extra_images])
         folder = write_image_folder(unlabeled, None, work / dataset / "unlabeled")
         x_all, y_all = to_tensor(images), torch.from_numpy(labels)
         weights: dict[str, str | None] = {}
