@@ -488,6 +488,8 @@ def summarize(runs: list[dict], config: dict) -> dict:
     augment = config.get("finetune_augment", "none")  # results written before the option existed: none
     shifted = (f"every fine-tune with up to {config.get('finetune_shift_px')} px shifts; " if augment == "shift"
                else "")
+    steps = config.get("finetune_steps", FULL["finetune_steps"])
+    shifted = (f"fine-tunes of {steps} steps; " if steps != FULL["finetune_steps"] else "") + shifted
     extra = config.get("unlabeled_extra", 0)
     scaled += (f"pretraining pool with {extra:,} more unlabeled images, epochs cut by the pool's growth (rounded, "
                f"at least 1), " if extra else "")
@@ -607,6 +609,7 @@ def main(argv: list[str] | None = None) -> None:
             pretrained.append({"dataset": dataset, "arm": arm, **res, **extra})
             write_json(work / "pretraining.json", pretrained)
             res = dict(res)
+            res.pop("unlabeled_extra", None)  # a reused record carries it; the JSON's config already holds it
             weights[arm] = res.pop("weights") if res["status"] == "ok" else None
             runs.append({"kind": "pretrain", "dataset": dataset, "arm": arm, **res})
             print(f"[{dataset}] pretrain {arm}: {res}", flush=True)

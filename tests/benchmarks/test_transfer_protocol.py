@@ -50,3 +50,12 @@ def test_labels_per_class_must_be_positive_and_seeds_distinct():
     for option in ("--labels-per-class", "--seeds"):  # a repeat would be pooled as if it were another seed
         with pytest.raises(SystemExit, match=f"{option} repeats a value"):
             transfer.main([option, "10", "10"])
+
+
+def test_the_table_title_names_a_fine_tune_length_other_than_the_default() -> None:
+    runs = [{"kind": "eval", "dataset": "d", "arm": "scratch", "eval": "knn", "recipe": "-", "labels_per_class": 10,
+             "seed": 0, "accuracy": 0.5}]
+    longer = transfer.summarize(runs, {"finetune_steps": 600, "finetune_augment": "shift", "finetune_shift_px": 4})
+    assert "fine-tunes of 600 steps; every fine-tune with up to 4 px shifts" in longer["title"]
+    default = transfer.summarize(runs, {"finetune_steps": transfer.FULL["finetune_steps"]})["title"]
+    assert "fine-tunes of" not in default and "fine-tunes of" not in transfer.summarize(runs, {})["title"]
