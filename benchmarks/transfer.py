@@ -528,6 +528,9 @@ def main(argv: list[str] | None = None) -> None:
                              "images seen stay about the same")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
+    parser.add_argument("--no-scratch-control", action="store_true",
+                        help="skip scratch fine-tuned with the declared recipe (the control row that separates the "
+                             "recipe's effect from the weights'); a third fewer fine-tunes per seed")
     parser.add_argument("--candidate-arm", choices=ARMS[1:], default="distill",
                         help="the pretrained arm whose weights the recipe candidates fine-tune (default distill)")
     parser.add_argument("--name", default="transfer",
@@ -577,6 +580,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg["unlabeled_extra"] = args.unlabeled_extra  # the epochs shrink below, once the pool is known
     cfg.update(arms=list(args.arms), declared=DECLARED, declared_plan=FEW_LABEL_FINETUNE, model=MODEL,
                candidates=cfg["candidates"] and not args.no_candidates, candidate_arm=args.candidate_arm,
+               scratch_control=not args.no_scratch_control,
                torch_threads=torch.get_num_threads())
     if "scratch" not in cfg["arms"]:
         raise SystemExit("--arms must include scratch: every difference is paired against it")
@@ -627,7 +631,8 @@ def main(argv: list[str] | None = None) -> None:
                     first = labels_pc == cfg["labels_per_class"][0]
                     # scratch: plain fine-tuning, and at the first label count also the declared recipe (the
                     # control that separates what the recipe does from what the pretrained weights do)
-                    names = (["full", DECLARED] if first else ["full"]) if arm == "scratch" else [DECLARED]
+                    control = first and cfg["scratch_control"]
+                    names = (["full", DECLARED] if control else ["full"]) if arm == "scratch" else [DECLARED]
                     if cfg["candidates"] and d_index == 0 and arm == cfg["candidate_arm"] and first:
                         names = [DECLARED, *[n for n in CANDIDATES if n != DECLARED]]
                     for name in names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -59,3 +60,14 @@ def test_the_table_title_names_a_fine_tune_length_other_than_the_default() -> No
     assert "fine-tunes of 600 steps; every fine-tune with up to 4 px shifts" in longer["title"]
     default = transfer.summarize(runs, {"finetune_steps": transfer.FULL["finetune_steps"]})["title"]
     assert "fine-tunes of" not in default and "fine-tunes of" not in transfer.summarize(runs, {})["title"]
+
+
+@pytest.mark.parametrize("control", [True, False])
+def test_the_scratch_control_row_is_fine_tuned_unless_skipped(tmp_path: Path, monkeypatch, control: bool) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the work folder too
+    argv = ["--quick", "--arms", "scratch", "--seeds", "0", "--out", str(tmp_path / "results")]
+    transfer.main(argv + ([] if control else ["--no-scratch-control"]))
+    payload = json.loads((tmp_path / "results" / "transfer.json").read_text())
+    recipes = [r["recipe"] for r in payload["runs"] if r.get("eval") == "finetune"]
+    assert recipes == (["full", payload["config"]["declared"]] if control else ["full"])
+    assert payload["config"]["scratch_control"] is control
