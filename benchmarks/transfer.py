@@ -19,8 +19,9 @@ fine-tuning order; pretraining uses one seed):
 - ``linear``: logistic regression on the standardized frozen features;
 - ``finetune``: a real Lightning fine-tune with ``warmstart.lightning_callbacks.Finetune(plan)``: the declared
   recipe :data:`warmstart.core.recipes.FEW_LABEL_FINETUNE` for every pretrained arm and every dataset (no
-  per-dataset pick), plain full fine-tuning for scratch (and, at 10 labels/class, also the declared recipe: the control
-  that separates what the recipe does from what the pretrained weights do).
+  per-dataset pick), plain full fine-tuning for scratch (and, at the first label count, also the declared recipe
+  unless ``--no-scratch-control``: the control that separates what the recipe does from what the pretrained weights
+  do).
 
 Before the table (unless ``--no-candidates``), the script measures every candidate recipe of
 :mod:`warmstart.core.recipes` on the FIRST dataset only (Fashion-MNIST-5k by default; the distillation arm's
@@ -33,8 +34,10 @@ Fashion-MNIST product photos (500 per class) from Debian's ``dataset-fashion-mni
 set that installs offline (``scripts/install_benchmark_data.sh``; see benchmarks/RESULTS.md).
 
 Usage: python benchmarks/transfer.py [--quick] [--seeds 0 1 2] [--labels-per-class 10 50]
-       [--arms scratch ssl distill lightly_train] [--datasets fashion5k digits mnist5k]
-       [--finetune-augment none|shift] [--teacher-image-size 64] [--unlabeled-extra N] [--name RESULTS_STEM]
+       [--arms scratch ssl distill lightly_train] [--datasets fashion5k digits mnist5k] [--budget-scale 1]
+       [--finetune-steps 200] [--finetune-augment none|shift] [--teacher-image-size 64] [--unlabeled-extra N]
+       [--no-candidates] [--no-scratch-control] [--reuse-pretraining WORK_DIR] [--name RESULTS_STEM]
+(``--help`` lists every option)
 """
 
 from __future__ import annotations
@@ -329,6 +332,17 @@ def reused(records: list[dict], dataset: str, arm: str, cfg: dict) -> dict | Non
     return None
 
 
+def pretrain_run_record(res: dict) -> tuple[str | None, dict]:
+    """Split a pretraining result (fresh or reused) into its weights path and the record the results JSON keeps.
+
+    Example:
+        >>> pretrain_run_record({"status": "ok", "weights": "w.safetensors", "epochs": 2, "unlabeled_extra": 9})
+        ('w.safetensors', {'status': 'ok', 'epochs': 2})
+    """
+    record = {k: v for k, v in res.items() if k not in ("weights", "unlabeled_extra")}  # config holds the pool
+    return (res.get("weights") if res["status"] == "ok" else None), record
+
+
 # ---------------------------------------------------------------------------------------------------- evaluations
 def pooled_features(weights: str | None, x: Any, seed: int = 0) -> np.ndarray:
     """Frozen pooled (512-d) features of ``x`` in eval mode."""
@@ -489,14 +503,14 @@ def summarize(runs: list[dict], config: dict) -> dict:
     shifted = (f"every fine-tune with up to {config.get('finetune_shift_px')} px shifts; " if augment == "shift"
                else "")
     steps = config.get("finetune_steps", FULL["finetune_steps"])
-    shifted = (f"fine-tunes of {steps} steps; " if steps != FULL["finetune_steps"] else "") + shifted
+    length = f"fine-tunes of {steps} steps; " if steps != FULL["finetune_steps"] else ""
     extra = config.get("unlabeled_extra", 0)
     scaled += (f"pretraining pool with {extra:,} more unlabeled images, epochs cut by the pool's growth (rounded, "
                f"at least 1), " if extra else "")
     teacher_px = config.get("teacher_image_size", EARLIER_TEACHER_PX)
     teacher = f"distillation teacher at {teacher_px} px; " if teacher_px != EARLIER_TEACHER_PX else ""
     title = (f"Transfer at a fixed pretraining budget ({scaled}resnet18, {config.get('image_size')} px; {teacher}"
-             f"{shifted}"
+             f"{length}{shifted}"
              f"pretrained arms fine-tune with the declared "
              f"recipe {config.get('declared')!r}; Δ is paired vs scratch with plain full fine-tuning; "
              f"seeds {config.get('seeds')})")
@@ -524,13 +538,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all")
     parser.add_argument("--unlabeled-extra", type=int, default=0, metavar="N",
                         help="fashion5k only: N more Fashion-MNIST images (not among its 5,000) in the pretraining "
-                             "pool; every arm's epochs shrink by the pool's growth (rounded, at least 1), so the "
-                             "images seen stay about the same")
+                             "pool; every arm's epochs shrink by the pool's growth (rounded, at least 1)")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--no-candidates", action="store_true", help="skip the recipe candidates on dataset 1")
     parser.add_argument("--no-scratch-control", action="store_true",
-                        help="skip scratch fine-tuned with the declared recipe (the control row that separates the "
-                             "recipe's effect from the weights'); a third fewer fine-tunes per seed")
+                        help="skip scratch fine-tuned with the declared recipe at the first label count (the "
+                             "control row that separates the recipe's effect from the weights'): one fine-tune "
+                             "fewer per seed")
     parser.add_argument("--candidate-arm", choices=ARMS[1:], default="distill",
                         help="the pretrained arm whose weights the recipe candidates fine-tune (default distill)")
     parser.add_argument("--name", default="transfer",
@@ -612,9 +626,7 @@ def main(argv: list[str] | None = None) -> None:
             extra = {"unlabeled_extra": cfg["unlabeled_extra"]} if cfg.get("unlabeled_extra") else {}
             pretrained.append({"dataset": dataset, "arm": arm, **res, **extra})
             write_json(work / "pretraining.json", pretrained)
-            res = dict(res)
-            res.pop("unlabeled_extra", None)  # a reused record carries it; the JSON's config already holds it
-            weights[arm] = res.pop("weights") if res["status"] == "ok" else None
+            weights[arm], res = pretrain_run_record(res)
             runs.append({"kind": "pretrain", "dataset": dataset, "arm": arm, **res})
             print(f"[{dataset}] pretrain {arm}: {res}", flush=True)
         ok = [a for a in cfg["arms"] if a == "scratch" or weights.get(a)]

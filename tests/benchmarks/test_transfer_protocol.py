@@ -1,4 +1,5 @@
-"""The transfer benchmark's protocol options: fine-tuning shifts per sample, and reuse only of matching pretraining."""
+"""The transfer benchmark's protocol: fine-tuning shifts per sample, reuse only of matching pretraining, the
+results' records and title, and the optional scratch control row."""
 
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ def test_distillation_weights_are_reused_only_for_the_same_teacher_size(tmp_path
     assert transfer.reused([new], "d", "distill", cfg) is None
 
 
+def test_a_reused_record_gives_its_weights_and_keeps_only_what_the_run_records(tmp_path: Path) -> None:
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"x")
+    record = {"dataset": "d", "arm": "distill", "status": "ok", "weights": str(weights), "epochs": 1,
+              "unlabeled_extra": 9}
+    cfg = {"epochs": {"d": {"distill": 1}}, "unlabeled_extra": 9, "teacher_image_size": 64}
+    res = transfer.reused([record], "d", "distill", cfg)
+    path, kept = transfer.pretrain_run_record(res)
+    assert path == str(weights)
+    assert kept == {"status": "ok", "epochs": 1, "reused_from": str(tmp_path)}  # the pool size is in the config
+    assert transfer.pretrain_run_record({"status": "not run: no venv", "epochs": 1})[0] is None
+
+
 def test_labels_per_class_must_be_positive_and_seeds_distinct():
     with pytest.raises(SystemExit, match="--labels-per-class must be >= 1"):
         transfer.main(["--labels-per-class", "10", "0"])
@@ -63,7 +77,8 @@ def test_the_table_title_names_a_fine_tune_length_other_than_the_default() -> No
 
 
 @pytest.mark.parametrize("control", [True, False])
-def test_the_scratch_control_row_is_fine_tuned_unless_skipped(tmp_path: Path, monkeypatch, control: bool) -> None:
+def test_the_scratch_control_row_is_fine_tuned_unless_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              control: bool) -> None:
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # the work folder too
     argv = ["--quick", "--arms", "scratch", "--seeds", "0", "--out", str(tmp_path / "results")]
     transfer.main(argv + ([] if control else ["--no-scratch-control"]))
