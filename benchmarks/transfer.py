@@ -641,8 +641,8 @@ def main(argv: list[str] | None = None) -> None:
                         runs.append({"kind": "eval", "dataset": dataset, "arm": arm, "eval": ev, "recipe": "-",
                                      "labels_per_class": labels_pc, "seed": seed, "accuracy": round(acc, 4)})
                     first = labels_pc == cfg["labels_per_class"][0]
-                    # scratch: plain fine-tuning, and at the first label count also the declared recipe (the
-                    # control that separates what the recipe does from what the pretrained weights do)
+                    # scratch: plain fine-tuning, and at the first label count also the declared recipe unless
+                    # --no-scratch-control (the control that separates the recipe's effect from the weights')
                     control = first and cfg["scratch_control"]
                     names = (["full", DECLARED] if control else ["full"]) if arm == "scratch" else [DECLARED]
                     if cfg["candidates"] and d_index == 0 and arm == cfg["candidate_arm"] and first:
